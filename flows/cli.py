@@ -1,0 +1,32 @@
+"""The `adaptflow` command line. Each command group lives in its own module under flows/."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Adapt LLMs to tasks declared in YAML specs.")
+
+
+def _register() -> None:
+    # Command modules attach themselves to `app`; imported here so `adaptflow --help` lists them all.
+    from flows import cmd_spec  # noqa: F401
+
+    for optional in ("cmd_index", "cmd_registry", "cmd_run", "cmd_query", "cmd_serve", "cmd_compare", "cmd_ui"):
+        try:
+            __import__(f"flows.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"flows.{optional}":
+                raise
+
+
+_register()
+
+if __name__ == "__main__":
+    app()

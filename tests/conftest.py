@@ -1,0 +1,62 @@
+"""Shared fixtures: the built-in tokenizer, tiny random Llama models built in-process, offline env."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def builtin_dir() -> Path:
+    """The built-in model's safetensors cache folder (converted once per ADAPTFLOW_HOME)."""
+    from components.models import builtin_model_dir
+
+    return builtin_model_dir(verify=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(builtin_dir):
+    """The built-in model's real tokenizer and chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(builtin_dir)
+
+
+def make_tiny_llama(tokenizer, seed: int = 0, **overrides):
+    """A 2-layer random Llama sharing the built-in tokenizer: milliseconds per step on CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    cfg.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    return make_tiny_llama(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny random Llama saved as a normal HF folder (config, safetensors, tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
