@@ -266,7 +266,7 @@ class IvfPqIndexSpec(IvfIndexSpec):
 class FactoryIndexSpec(_AnnIndex):
     """Any FAISS index factory string, e.g. `type: "IVF256,PQ32"`."""
 
-    type: str
+    type: str = Field(json_schema_extra={"not": {"enum": ["auto", "flat", "hnsw", "ivf", "ivfpq"]}})
 
 
 _INDEX_TAGS = {"auto", "flat", "hnsw", "ivf", "ivfpq"}

@@ -29,4 +29,7 @@ def _register() -> None:
 _register()
 
 if __name__ == "__main__":
-    app()
+    # `python -m flows.cli` runs this file as __main__; command modules attach to `flows.cli.app`.
+    from flows.cli import app as _app
+
+    _app()

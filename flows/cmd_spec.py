@@ -1,0 +1,90 @@
+"""`adaptflow validate | schema | plan`: the spec commands (no Prefect needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+import yaml
+
+from components.specload import SpecError, load_spec
+from components.spec import TaskSpec
+from flows.cli import app
+
+WorkspaceOpt = typer.Option(None, "--workspace", help="root that spec paths must stay inside (default: cwd)")
+
+
+@app.command()
+def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspace: Path | None = WorkspaceOpt) -> None:
+    """Check spec files; print every error with file, line, key path and fix. Exit 1 if any fails."""
+    failed = 0
+    for path in specs:
+        try:
+            spec = load_spec(path, workspace)
+        except SpecError as exc:
+            failed += 1
+            for issue in exc.issues:
+                typer.echo(str(issue), err=True)
+            continue
+        typer.echo(f"{path}: ok ({spec.name}, goal {spec.goal})")
+    if failed:
+        typer.echo(f"{failed} of {len(specs)} spec(s) invalid", err=True)
+        raise typer.Exit(1)
+
+
+def spec_json_schema() -> dict:
+    schema = TaskSpec.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Adaptflow task spec"
+    return schema
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec (for editors, validators and the UI form)."""
+    typer.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def render_plan(plan: dict) -> str:
+    lines = [f"# plan for {plan['spec_file']}", "", "## resolved spec", yaml.safe_dump(plan["resolved_spec"], sort_keys=False)]
+    if plan["derived_defaults"]:
+        lines.append("## derived defaults")
+        lines += [f"  {k}: {v}" for k, v in plan["derived_defaults"].items()]
+    r = plan["route"]
+    lines += ["", f"## route: {r['label']}"] + [f"  - {reason}" for reason in r["reasons"]]
+    if "parameters" in plan:
+        p = plan["parameters"]
+        lines += ["", "## parameters", f"  trainable {_fmt_int(p['trainable'])} of {_fmt_int(p['total'])} ({p['percent']:.4f} %)"]
+    if "memory_estimate" in plan:
+        m = plan["memory_estimate"]
+        lines.append("  training memory estimate: " + ", ".join(f"{k.removesuffix('_mb')} {v:,.0f} MB" for k, v in m.items()))
+    for split, st in plan.get("data", {}).items():
+        lines.append(
+            f"  {split}: {st['count']} examples, tokens p50 {st['p50']} p95 {st['p95']} max {st['max']}, "
+            f"over max_seq_len: {st['over_length']} ({st['action']})"
+        )
+    lines += [f"  note: {n}" for n in plan["notes"]]
+    return "\n".join(lines)
+
+
+@app.command()
+def plan(
+    spec: Path = typer.Argument(..., help="spec file"),
+    workspace: Path | None = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Show the resolved spec, the route, data statistics, trainable parameters and a memory estimate."""
+    from components.plan import make_plan
+
+    try:
+        task = load_spec(spec, workspace)
+    except SpecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    result = make_plan(task, str(spec))
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else render_plan(result))
