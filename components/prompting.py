@@ -1,0 +1,36 @@
+"""The prompt template shared by training data, evaluation and queries.
+
+Retrieved chunks go into the last user message as numbered context, so the model can cite
+them and the same text reaches the model whether it is asked from the CLI, the server or the
+evaluation. The template has a version that the registry records.
+"""
+
+from __future__ import annotations
+
+TEMPLATE_VERSION = "context-v1"
+CONTEXT_INSTRUCTION = "Answer the question using the context. Reply with a short answer."
+
+
+def format_context(chunks: list[tuple[str, str]]) -> str:
+    """[(title, text), ...] -> numbered context block."""
+    return "\n".join(f"[{i}] {title}: {' '.join(text.split())}" for i, (title, text) in enumerate(chunks, 1))
+
+
+def with_context(messages: list[dict], chunks: list[tuple[str, str]]) -> list[dict]:
+    """Put retrieved chunks into the last user message; other messages are kept as they are."""
+    if not chunks:
+        return list(messages)
+    out = [dict(m) for m in messages]
+    last = max(i for i, m in enumerate(out) if m["role"] == "user")
+    question = out[last]["content"]
+    out[last]["content"] = f"{CONTEXT_INSTRUCTION}\n\nContext:\n{format_context(chunks)}\n\nQuestion: {question}"
+    return out
+
+
+def question_messages(question: str, system: str | None = None) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": question}]
+
+
+def last_user_text(messages: list[dict]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")

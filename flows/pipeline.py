@@ -1,0 +1,158 @@
+"""The main flow: load and validate -> route -> train adapter / build index -> evaluate -> register -> promote.
+
+Each stage's output is stored under a key that hashes its resolved inputs (components.stages),
+so an unchanged spec re-runs nothing, a documents-only change re-indexes without retraining,
+and a killed training run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from components.route import Route, route
+from components.spec import TaskSpec
+from components.specload import load_spec
+from flows import artifacts, keys
+from flows.keys import STORE
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    key: str
+    path: Path | None
+    cached: bool
+
+
+@task(name="load-spec", cache_policy=NONE)
+def load_task_spec(spec_path: str, workspace: str | None = None) -> TaskSpec:
+    return load_spec(spec_path, workspace)
+
+
+@task(name="route", cache_policy=NONE)
+def decide_route(spec: TaskSpec) -> Route:
+    decision = route(spec)
+    print(f"route: {decision.label} — " + "; ".join(decision.reasons))
+    return decision
+
+
+@task(name="train-adapter", cache_policy=NONE)
+def train_adapter(spec: TaskSpec, key: str) -> Path:
+    from components.models import load_model, load_tokenizer, resolve_model
+    from components.train import train
+
+    resolved = resolve_model(spec.base_model)
+    model, tokenizer = load_model(spec.base_model, resolved), load_tokenizer(spec.base_model, resolved)
+    work = STORE.work("train", key)
+    record = train(model, tokenizer, spec.behavior, work, progress=artifacts.Progress("training", f"train-{spec.name}"))
+    return STORE.commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
+
+
+@task(name="build-index", cache_policy=NONE)
+def build_knowledge_index(spec: TaskSpec, key: str) -> Path:
+    from vectorstore import build_index
+
+    previous = STORE.pointer("index", spec.name)
+    work = STORE.work("index", key)
+    shutil.rmtree(work / "index", ignore_errors=True)
+    info = build_index(spec.knowledge, work / "index", previous=previous / "index" if previous else None,
+                       progress=artifacts.StageProgress("embedding", f"index-{spec.name}"))
+    done = STORE.commit("index", key, {"index": info})
+    STORE.set_pointer("index", spec.name, key)
+    return done
+
+
+def _run_stage(stage: str, key: str, run) -> StageResult:
+    if found := STORE.done(stage, key):
+        print(f"[cached] {stage} ({key[:12]}): inputs unchanged, reusing {found}")
+        return StageResult(stage, key, found, True)
+    with STORE.lock(stage, key):
+        if found := STORE.done(stage, key):  # another run finished it while we waited
+            return StageResult(stage, key, found, True)
+        return StageResult(stage, key, run(), False)
+
+
+@flow(name="behavior", log_prints=True)
+def behavior_flow(spec: TaskSpec) -> StageResult:
+    key = keys.train_key(spec)
+    return _run_stage("train", key, lambda: train_adapter(spec, key))
+
+
+@flow(name="knowledge", log_prints=True)
+def knowledge_flow(spec: TaskSpec) -> StageResult:
+    key = keys.index_key(spec)
+    return _run_stage("index", key, lambda: build_knowledge_index(spec, key))
+
+
+@task(name="evaluate", cache_policy=NONE)
+def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
+                  key: str) -> Path:
+    import json
+
+    from components.evaluate import arms_for, evaluate
+    from components.system import System
+
+    adapter = trained.path / "adapter" if trained else None
+    index = indexed.path / "index" if indexed else None
+    record = json.loads((trained.path / "train_record.json").read_text()) if trained else None
+    system = System(f"{spec.name}@candidate", spec, adapter, index)
+    work = STORE.work("eval", key)
+    evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record)
+    return STORE.commit("eval", key, {})
+
+
+def evaluation_flow_stage(spec, decision, trained, indexed) -> StageResult:
+    key = keys.eval_key(spec, decision, trained, indexed)
+    return _run_stage("eval", key, lambda: evaluate_arms(spec, decision, trained, indexed, key))
+
+
+@task(name="register", cache_policy=NONE)
+def register(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
+             evaluated: StageResult):
+    import json
+
+    from components.gates import evaluate_gates
+    from components.models import resolve_model
+    from components.registry import Registry, manifest_base
+
+    report = json.loads((evaluated.path / "eval" / "report.json").read_text())
+    gates = evaluate_gates(spec.evaluation.gates if spec.evaluation else {}, report["metrics"])
+    staging = Path(tempfile.mkdtemp(prefix="adaptflow-stage-"))
+    try:
+        if trained:
+            shutil.copytree(trained.path / "adapter", staging / "adapter")
+            shutil.copy2(trained.path / "train_record.json", staging / "adapter" / "train_record.json")
+        if indexed:
+            shutil.copytree(indexed.path / "index", staging / "index")
+        shutil.copytree(evaluated.path / "eval", staging / "eval")
+        manifest = manifest_base(
+            spec, base_model=resolve_model(spec.base_model, verify=False), route=decision.label,
+            reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=report["metrics"], gates=gates,
+            volatile={"efficiency": report.get("efficiency", {}), "eval_seconds": report.get("eval_seconds")},
+        )
+        manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, evaluated) if s}
+        aliases = ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
+        version = Registry().publish(spec.name, staging, manifest, aliases=aliases)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version, gates, report
+
+
+@flow(name="adapt", log_prints=True)
+def adapt(spec_path: str, workspace: str | None = None) -> str:
+    """Turn a spec into an evaluated, registered system; returns NAME@vN."""
+    spec = load_task_spec(spec_path, workspace)
+    decision = decide_route(spec)
+    trained = behavior_flow(spec) if decision.behavior else None
+    indexed = knowledge_flow(spec) if decision.knowledge else None
+    evaluated = evaluation_flow_stage(spec, decision, trained, indexed)
+    version, gates, report = register(spec, decision, trained, indexed, evaluated)
+    stages = [s for s in (trained, indexed, evaluated) if s]
+    artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)
+    return version.ref

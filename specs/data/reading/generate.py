@@ -1,0 +1,99 @@
+"""Write train.jsonl for the `both` example: answer briefly from numbered context.
+
+Each example shows three short passages in Adaptflow's retrieval prompt format (one relevant,
+two distractors) and a question whose answer is a short span of the relevant passage. The
+adapter learns the behaviour (a short, exact answer taken from the context); the facts come
+from retrieval at query time. Deterministic: `python specs/data/reading/generate.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from components.prompting import with_context
+
+PASSAGES = [
+    ("Copper Creek Mill", "The Copper Creek Mill opened in 1871 and ground wheat for three valleys. It closed in 1952 after a flood destroyed its wheel.",
+     [("When did the Copper Creek Mill open?", "1871"), ("What destroyed the mill's wheel?", "a flood")]),
+    ("Tessaly Lighthouse", "Tessaly Lighthouse stands 41 metres tall on Gull Point. Its lamp was converted to solar power in 2009.",
+     [("How tall is Tessaly Lighthouse?", "41 metres"), ("Where does Tessaly Lighthouse stand?", "Gull Point")]),
+    ("The Brenner Prize", "The Brenner Prize is awarded every two years for research on soil health. The 2022 prize went to agronomist Lina Osei.",
+     [("Who won the 2022 Brenner Prize?", "Lina Osei"), ("How often is the Brenner Prize awarded?", "every two years")]),
+    ("Harlow Bridge", "Harlow Bridge crosses the Tamsin River with five stone arches. It was designed by engineer Marcus Webb.",
+     [("Who designed Harlow Bridge?", "Marcus Webb"), ("How many arches does Harlow Bridge have?", "five")]),
+    ("Orchid House", "The Orchid House at Kelmscott Gardens keeps 2,300 plants at a steady 24 degrees. Entry is free on Mondays.",
+     [("On which day is entry to the Orchid House free?", "Mondays"), ("How many plants does the Orchid House keep?", "2,300")]),
+    ("Pellin Railway", "The Pellin Railway runs 62 kilometres between Ardle and Fosk. Its steam engine is called the Grey Heron.",
+     [("What is the Pellin Railway's steam engine called?", "the Grey Heron"), ("How long is the Pellin Railway?", "62 kilometres")]),
+    ("Saltmarsh Choir", "The Saltmarsh Choir was founded by teacher Ruth Adeyemi in 1994. It sings every Sunday at the harbour chapel.",
+     [("Who founded the Saltmarsh Choir?", "Ruth Adeyemi"), ("Where does the Saltmarsh Choir sing?", "the harbour chapel")]),
+    ("Mount Arvel", "Mount Arvel rises to 2,870 metres. The first recorded ascent was made by a shepherd named Ivo Brandt in 1788.",
+     [("How high is Mount Arvel?", "2,870 metres"), ("Who made the first recorded ascent of Mount Arvel?", "Ivo Brandt")]),
+    ("Kestrel Lake", "Kestrel Lake freezes most winters, and skating is allowed once the ice is 12 centimetres thick. The lake is fed by the Dunmore stream.",
+     [("Which stream feeds Kestrel Lake?", "the Dunmore stream"), ("How thick must the ice be for skating?", "12 centimetres")]),
+    ("Quill & Ink", "Quill & Ink is a bookshop on Wren Street that sells only second-hand poetry. It is run by two sisters, June and Ada Park.",
+     [("What does Quill & Ink sell?", "second-hand poetry"), ("On which street is Quill & Ink?", "Wren Street")]),
+    ("The Varn Festival", "The Varn Festival celebrates the apple harvest each October. Its largest pie weighed 310 kilograms.",
+     [("In which month is the Varn Festival held?", "October"), ("What does the Varn Festival celebrate?", "the apple harvest")]),
+    ("Dr. Helen Marsh", "Dr. Helen Marsh mapped the caves of the Orren Plateau over eleven years. Her survey counted 146 separate chambers.",
+     [("How many chambers did Helen Marsh count?", "146"), ("What did Dr. Helen Marsh map?", "the caves of the Orren Plateau")]),
+    ("Bluewater Ferry", "The Bluewater Ferry leaves Port Ennis at 7:15 every morning. The crossing to Holm Island takes forty minutes.",
+     [("When does the Bluewater Ferry leave Port Ennis?", "7:15"), ("How long does the crossing to Holm Island take?", "forty minutes")]),
+    ("Granite Hall", "Granite Hall houses the city archive. Its reading room holds 90 seats and opens at nine.",
+     [("What does Granite Hall house?", "the city archive"), ("How many seats does the reading room hold?", "90")]),
+    ("The Lumen Clock", "The Lumen Clock in Corvo Square chimes every quarter hour. It was built by the Fenwick brothers in 1903.",
+     [("Who built the Lumen Clock?", "the Fenwick brothers"), ("In which square is the Lumen Clock?", "Corvo Square")]),
+    ("Alder Forest", "Alder Forest covers 8,400 hectares. Red deer and pine martens live there, and logging has been banned since 1979.",
+     [("How large is Alder Forest?", "8,400 hectares"), ("Since when has logging been banned in Alder Forest?", "1979")]),
+    ("Nadia Ruiz", "Nadia Ruiz holds the regional record for the 800 metres. She trains at the Eastfield track with coach Tom Ibarra.",
+     [("Who coaches Nadia Ruiz?", "Tom Ibarra"), ("Where does Nadia Ruiz train?", "the Eastfield track")]),
+    ("Marlow Observatory", "Marlow Observatory sits on Crane Hill. Its main telescope has a mirror 1.2 metres across.",
+     [("Where does Marlow Observatory sit?", "Crane Hill"), ("How wide is the main telescope's mirror?", "1.2 metres")]),
+    ("Sable Bakery", "Sable Bakery bakes rye loaves before dawn and sells out by ten. Its owner, Piet Vos, trained in Antwerp.",
+     [("Where did Piet Vos train?", "Antwerp"), ("What does Sable Bakery bake before dawn?", "rye loaves")]),
+    ("The Osk Canal", "The Osk Canal has fourteen locks and links the town of Brill to the sea. Barges carried coal on it until 1961.",
+     [("How many locks does the Osk Canal have?", "fourteen"), ("What did barges carry on the Osk Canal?", "coal")]),
+    ("Fernhill School", "Fernhill School teaches 420 pupils. Its headteacher is Grace Mbeki, and its motto is 'Learn to wonder'.",
+     [("Who is the headteacher of Fernhill School?", "Grace Mbeki"), ("What is Fernhill School's motto?", "Learn to wonder")]),
+    ("Windrow Farm", "Windrow Farm keeps 300 sheep and grows barley. It has belonged to the Calder family for six generations.",
+     [("What does Windrow Farm grow?", "barley"), ("Which family owns Windrow Farm?", "the Calder family")]),
+    ("Ivory Tower Cafe", "The Ivory Tower Cafe is on the top floor of the university library. Its best seller is cardamom tea.",
+     [("What is the Ivory Tower Cafe's best seller?", "cardamom tea"), ("Where is the Ivory Tower Cafe?", "the top floor of the university library")]),
+    ("Storm of 1987", "The storm of 1987 brought winds of 160 kilometres per hour to the coast. It felled the old oak at Bexley Green.",
+     [("How fast were the winds in the storm of 1987?", "160 kilometres per hour"), ("Which tree did the storm fell?", "the old oak at Bexley Green")]),
+    ("Rook Museum", "The Rook Museum displays toys from the last two centuries. Its oldest exhibit is a wooden horse from 1812.",
+     [("What is the Rook Museum's oldest exhibit?", "a wooden horse"), ("What does the Rook Museum display?", "toys")]),
+    ("Cinder Path", "The Cinder Path is a walking trail of 9 kilometres along the old mine railway. It starts at Hobb's Cross.",
+     [("Where does the Cinder Path start?", "Hobb's Cross"), ("How long is the Cinder Path?", "9 kilometres")]),
+    ("Elm Street Clinic", "The Elm Street Clinic opens at eight and sees about 70 patients a day. Appointments can be booked by phone.",
+     [("How many patients does the clinic see a day?", "about 70"), ("How can appointments be booked?", "by phone")]),
+    ("The Duran Cup", "The Duran Cup is a rowing race over 3 miles on the Vell River. The Blackwater club has won it nine times.",
+     [("Which club has won the Duran Cup nine times?", "the Blackwater club"), ("On which river is the Duran Cup rowed?", "the Vell River")]),
+    ("Pinecrest Dam", "Pinecrest Dam was finished in 1968. It supplies water to 200,000 homes and generates 40 megawatts.",
+     [("When was Pinecrest Dam finished?", "1968"), ("How much power does Pinecrest Dam generate?", "40 megawatts")]),
+    ("Amber Radio", "Amber Radio broadcasts on 98.4 FM. Its morning show is hosted by Leo Grant.",
+     [("Who hosts Amber Radio's morning show?", "Leo Grant"), ("On which frequency does Amber Radio broadcast?", "98.4 FM")]),
+]
+
+
+def build(seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i, (title, text, qas) in enumerate(PASSAGES):
+        for question, answer in qas:
+            assert answer.lower() in text.lower(), (title, answer)
+            others = rng.sample([p for j, p in enumerate(PASSAGES) if j != i], 2)
+            chunks = [(title, text)] + [(t, x) for t, x, _ in others]
+            rng.shuffle(chunks)
+            messages = with_context([{"role": "user", "content": question}], chunks)
+            rows.append({"messages": messages + [{"role": "assistant", "content": answer}]})
+    rng.shuffle(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    out = Path(__file__).with_name("train.jsonl")
+    out.write_text("".join(json.dumps(r) + "\n" for r in build()))
+    print(f"wrote {out}")
