@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.models import ResolvedModel, load_model, load_tokenizer, resolve_model
-from components.prompting import question_messages, with_context
+from components.prompting import last_user_text, question_messages, with_context
 from components.spec import PROMPT_LEARNING, BaseModelSpec, TaskSpec
 
 _SHARED_BY_BASE = {"lora", "dora", "qlora", "adalora", "ia3", "loha", "lokr"}
@@ -71,8 +71,16 @@ def shared_base(spec: BaseModelSpec) -> BaseHandle:
         return _BASES[key]
 
 
-def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the new text of each prompt."""
+def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """Greedy at temperature 0 (evaluation), sampling otherwise (the server's OpenAI parameters)."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+
+
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+                   temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """Batched, left-padded generation (greedy by default); returns the new text of each prompt."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -82,7 +90,8 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.inference_mode():
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                **sampling_kwargs(temperature, top_p),
             )
         new = out[:, enc["input_ids"].shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -160,7 +169,8 @@ class System:
             return []
         return self.retriever.search(question, k or self.top_k)
 
-    def generate(self, batch: list[list[dict]], *, use_adapter: bool = True, max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, batch: list[list[dict]], *, use_adapter: bool = True, max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
         from components.data import render_prompt
 
         tok = self.handle.tokenizer
@@ -168,21 +178,21 @@ class System:
         with self.handle.lock:
             model, ctx = self._model_for(use_adapter and self.method is not None)
             with ctx:
-                return generate_texts(model, tok, prompts, max_new_tokens or self.max_new_tokens)
+                return generate_texts(model, tok, prompts, max_new_tokens or self.max_new_tokens,
+                                      temperature=temperature, top_p=top_p)
 
     def query(self, question: str | None = None, *, messages: list[dict] | None = None, use_adapter: bool = True,
-              use_retrieval: bool = True, top_k: int | None = None, max_new_tokens: int | None = None) -> Answer:
+              use_retrieval: bool = True, top_k: int | None = None, max_new_tokens: int | None = None,
+              temperature: float = 0.0, top_p: float = 1.0) -> Answer:
         start = time.perf_counter()
         messages = messages or question_messages(question or "")
-        hits = self.retrieve(messages[-1]["content"], top_k) if use_retrieval else []
+        hits = self.retrieve(last_user_text(messages), top_k) if use_retrieval else []
         t_retrieved = time.perf_counter()
         prompt = with_context(messages, [(h.title, h.text) for h in hits])
-        [text] = self.generate([prompt], use_adapter=use_adapter, max_new_tokens=max_new_tokens)
+        [text] = self.generate([prompt], use_adapter=use_adapter, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p)
         end = time.perf_counter()
-        citations = [
-            Citation(i, h.doc_id, h.title, " ".join(h.text.split())[:240], round(float(h.score), 4), int(h.chunk_id))
-            for i, h in enumerate(hits, 1)
-        ]
+        citations = _citations(hits)
         return Answer(text, citations, self.ref, round((end - start) * 1000, 1),
                       round((t_retrieved - start) * 1000, 1), round((end - t_retrieved) * 1000, 1))
 
@@ -193,14 +203,13 @@ class System:
 
         from components.data import render_prompt
 
-        hits = self.retrieve(messages[-1]["content"]) if use_retrieval else []
-        citations = [Citation(i, h.doc_id, h.title, " ".join(h.text.split())[:240], round(float(h.score), 4),
-                              int(h.chunk_id)) for i, h in enumerate(hits, 1)]
+        hits = self.retrieve(last_user_text(messages)) if use_retrieval else []
+        citations = _citations(hits)
         tok = self.handle.tokenizer
         prompt = render_prompt(tok, with_context(messages, [(h.title, h.text) for h in hits]))
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         enc = tok([prompt], return_tensors="pt", add_special_tokens=False)
-        sampling = {"do_sample": temperature > 0, **({"temperature": temperature, "top_p": top_p} if temperature > 0 else {})}
+        sampling = sampling_kwargs(temperature, top_p)
 
         def run() -> None:
             with self.handle.lock:
@@ -212,6 +221,11 @@ class System:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return citations, iter(streamer)
+
+
+def _citations(hits: list) -> list[Citation]:
+    return [Citation(i, h.doc_id, h.title, " ".join(h.text.split())[:240], round(float(h.score), 4), int(h.chunk_id))
+            for i, h in enumerate(hits, 1)]
 
 
 def load_system(ref: str, registry=None, verify: bool = True) -> System:
