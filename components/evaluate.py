@@ -195,7 +195,8 @@ def _forgetting_text(spec: TaskSpec) -> str | None:
 def _efficiency(record: dict | None) -> dict:
     if not record:
         return {}
-    keys = ("trainable_params", "trainable_percent", "adapter_bytes", "wall_seconds", "tokens_per_second", "peak_rss_mb")
+    keys = ("method", "trainable_params", "total_params", "trainable_pct", "adapter_bytes", "train_seconds",
+            "tokens_per_second", "peak_rss_mb")
     out = {k: record[k] for k in keys if k in record}
     if "adapter_bytes" in out:
         out["adapter_mb"] = round(out["adapter_bytes"] / 2**20, 3)
@@ -245,10 +246,10 @@ def plot_loss(record: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     curve = record["loss_curve"]
-    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="train loss")
+    ax.plot([p[0] for p in curve], [p[1] for p in curve], label="train loss")
     evals = record.get("eval_history") or []
     if evals:
-        ax.plot([p["step"] for p in evals], [p["eval_loss"] for p in evals], "o-", label="eval loss")
+        ax.plot([p[0] for p in evals], [p[1] for p in evals], "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()

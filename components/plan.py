@@ -55,11 +55,11 @@ def data_stats(spec: TaskSpec, folder: Path) -> dict:
     except (OSError, ValueError, TypeError) as exc:
         return {"skipped": f"no tokenizer in {folder} ({type(exc).__name__}); data statistics need one"}
     behavior = spec.behavior
-    train, evals = load_examples(behavior.data)
+    train, evals = load_examples(behavior.data)  # DataError names file, row and fix
     out = {}
     for split, examples in (("train", train), ("eval", evals)):
         tokenized = tokenize_examples(examples, tokenizer, behavior.training.max_seq_len, behavior.data.over_length)
-        out[split] = tokenized.stats
+        out[split] = tokenized.stats.to_dict()
     return out
 
 

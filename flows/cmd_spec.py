@@ -65,8 +65,9 @@ def render_plan(plan: dict) -> str:
         lines.append("  training memory estimate: " + ", ".join(f"{k.removesuffix('_mb')} {v:,.0f} MB" for k, v in m.items()))
     for split, st in plan.get("data", {}).items():
         lines.append(
-            f"  {split}: {st['count']} examples, tokens p50 {st['p50']} p95 {st['p95']} max {st['max']}, "
-            f"over max_seq_len: {st['over_length']} ({st['action']})"
+            f"  {split}: {st['count']} examples, {st['tokens']:,} tokens ({st['answer_tokens']:,} answer), "
+            f"length p50 {st['p50']} p90 {st['p90']} max {st['max']}; over max_seq_len {st['max_seq_len']}: "
+            f"{st['over_length']} (truncated {st['truncated']}, dropped {st['dropped']})"
         )
     lines += [f"  note: {n}" for n in plan["notes"]]
     return "\n".join(lines)
