@@ -45,7 +45,8 @@ def code_version(*modules: ModuleType) -> str:
 
 class StageStore:
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root else adaptflow_home() / "stages"
+        env = os.environ.get("ADAPTFLOW_STAGES")
+        self.root = Path(root) if root else Path(env) if env else adaptflow_home() / "stages"
 
     def done(self, stage: str, key: str) -> Path | None:
         folder = self.root / stage / key

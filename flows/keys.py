@@ -12,7 +12,11 @@ from components.route import Route
 from components.spec import TaskSpec
 from components.stages import StageStore, code_version, digest, path_digest
 
-STORE = StageStore()
+
+
+def store() -> StageStore:
+    """The stage store, read from the environment at call time ($ADAPTFLOW_STAGES or $ADAPTFLOW_HOME/stages)."""
+    return StageStore()
 
 
 def _section(model) -> dict:

@@ -19,7 +19,7 @@ from components.route import Route, route
 from components.spec import TaskSpec
 from components.specload import load_spec
 from flows import artifacts, keys
-from flows.keys import STORE
+from flows.keys import store
 
 
 @dataclass(frozen=True)
@@ -49,31 +49,31 @@ def train_adapter(spec: TaskSpec, key: str) -> Path:
 
     resolved = resolve_model(spec.base_model)
     model, tokenizer = load_model(spec.base_model, resolved), load_tokenizer(spec.base_model, resolved)
-    work = STORE.work("train", key)
+    work = store().work("train", key)
     record = train(model, tokenizer, spec.behavior, work, progress=artifacts.Progress("training", f"train-{spec.name}"))
-    return STORE.commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
+    return store().commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
 
 
 @task(name="build-index", cache_policy=NONE)
 def build_knowledge_index(spec: TaskSpec, key: str) -> Path:
     from vectorstore import build_index
 
-    previous = STORE.pointer("index", spec.name)
-    work = STORE.work("index", key)
+    previous = store().pointer("index", spec.name)
+    work = store().work("index", key)
     shutil.rmtree(work / "index", ignore_errors=True)
     info = build_index(spec.knowledge, work / "index", previous=previous / "index" if previous else None,
                        progress=artifacts.StageProgress("embedding", f"index-{spec.name}"))
-    done = STORE.commit("index", key, {"index": info})
-    STORE.set_pointer("index", spec.name, key)
+    done = store().commit("index", key, {"index": info})
+    store().set_pointer("index", spec.name, key)
     return done
 
 
 def _run_stage(stage: str, key: str, run) -> StageResult:
-    if found := STORE.done(stage, key):
+    if found := store().done(stage, key):
         print(f"[cached] {stage} ({key[:12]}): inputs unchanged, reusing {found}")
         return StageResult(stage, key, found, True)
-    with STORE.lock(stage, key):
-        if found := STORE.done(stage, key):  # another run finished it while we waited
+    with store().lock(stage, key):
+        if found := store().done(stage, key):  # another run finished it while we waited
             return StageResult(stage, key, found, True)
         return StageResult(stage, key, run(), False)
 
@@ -102,9 +102,9 @@ def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, 
     index = indexed.path / "index" if indexed else None
     record = json.loads((trained.path / "train_record.json").read_text()) if trained else None
     system = System(f"{spec.name}@candidate", spec, adapter, index)
-    work = STORE.work("eval", key)
+    work = store().work("eval", key)
     evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record)
-    return STORE.commit("eval", key, {})
+    return store().commit("eval", key, {})
 
 
 def evaluation_flow_stage(spec, decision, trained, indexed) -> StageResult:

