@@ -7,13 +7,15 @@ import base64
 import time
 from pathlib import Path
 
-from components.gates import describe_gate
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+
+from components.evaluate import METRIC_ORDER
+from components.gates import describe_gate
 
 
 class _Throttled:
@@ -51,9 +53,14 @@ def _loss_image(path: Path) -> str:
     return f"\n\n## Loss curve\n\n![loss curve](data:image/png;base64,{data})\n"
 
 
+def arm_rows(report: dict) -> list[dict]:
+    """One row per arm with the same columns in every row (the UI takes columns from the first row)."""
+    keys = [k for k in METRIC_ORDER if any(k in m for m in report["arms"].values())]
+    return [{"arm": arm, **{k: round(m[k], 4) if k in m else None for k in keys}} for arm, m in report["arms"].items()]
+
+
 def publish_run_summary(spec, decision, version, gates, report, stages, trained) -> None:
-    rows = [{"arm": arm, **{k: round(v, 4) for k, v in m.items()}} for arm, m in report["arms"].items()]
-    create_table_artifact(rows, key=f"eval-{spec.name}", description=f"2x2 evaluation of {version.ref}")
+    create_table_artifact(arm_rows(report), key=f"eval-{spec.name}", description=f"2x2 evaluation of {version.ref}")
     gate_lines = [f"- {describe_gate(r)}" for r in gates.results]
     stage_lines = [f"- {s.stage}: {'cached' if s.cached else 'ran'} (`{s.key[:12]}`)" for s in stages]
     status = "new version" if version.created else "identical to an existing version: nothing new registered"

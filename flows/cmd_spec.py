@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 import yaml
 
-from components.specload import SpecError, load_spec
 from components.spec import TaskSpec
+from components.specload import SpecError, load_spec
 from flows.cli import app
 
 WorkspaceOpt = typer.Option(None, "--workspace", help="root that spec paths must stay inside (default: cwd)")

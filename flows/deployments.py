@@ -12,7 +12,9 @@ from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.types.entrypoint import EntrypointType
 
+from flows.artifacts import arm_rows
 from flows.pipeline import adapt
 
 
@@ -23,13 +25,14 @@ def discover_specs(root: Path = Path("specs")) -> list[str]:
 SPECS = discover_specs()
 
 
-def _adapt_from_ui(spec: str = SPECS[0], spec_path: str | None = None) -> str:
+def adapt_ui(spec: str = SPECS[0], spec_path: str | None = None) -> str:
     """Run the main flow on a spec from specs/ (dropdown) or on any spec file path."""
     return adapt.fn(spec_path or spec)
 
 
-_adapt_from_ui.__annotations__["spec"] = Literal[tuple(SPECS)]
-adapt_ui = flow(name="adapt", log_prints=True)(_adapt_from_ui)
+# The choice list is known only at import time; the runner imports this module attribute by name.
+adapt_ui.__annotations__["spec"] = Literal[tuple(SPECS)]
+adapt_ui = flow(name="adapt", log_prints=True)(adapt_ui)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -42,8 +45,7 @@ def evaluate_registered(system: str) -> dict:
     behavior, knowledge = loaded.method is not None, loaded.retriever is not None
     out = Path(tempfile.mkdtemp(prefix="adaptflow-eval-"))
     report = evaluate(loaded, loaded.spec, arms_for(behavior, knowledge), out)
-    rows = [{"arm": arm, **{k: round(v, 4) for k, v in m.items()}} for arm, m in report["arms"].items()]
-    create_table_artifact(rows, key="evaluate-" + loaded.spec.name, description=f"evaluation of {loaded.ref}")
+    create_table_artifact(arm_rows(report), key="evaluate-" + loaded.spec.name, description=f"evaluation of {loaded.ref}")
     print((out / "report.md").read_text())
     return report["metrics"]
 
@@ -66,8 +68,12 @@ def loaded_name(ref: str) -> str:
 
 
 def all_deployments() -> list:
+    # Module-path entrypoints: the runner re-imports flows.deployments from the installed package,
+    # whatever folder `adaptflow ui` was started in.
+    module = {"entrypoint_type": EntrypointType.MODULE_PATH}
     return [
-        adapt_ui.to_deployment(name="adapt", description="Run a spec end to end: train, index, evaluate, register"),
-        evaluate_registered.to_deployment(name="evaluate", description="Re-evaluate a registered system"),
-        query_registered.to_deployment(name="query", description="Ask a registered system a question"),
+        adapt_ui.to_deployment(name="adapt", description="Run a spec end to end: train, index, evaluate, register",
+                               **module),
+        evaluate_registered.to_deployment(name="evaluate", description="Re-evaluate a registered system", **module),
+        query_registered.to_deployment(name="query", description="Ask a registered system a question", **module),
     ]

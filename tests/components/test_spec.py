@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from components.spec import LoraSpec, TaskSpec
 from components.specload import SpecError, load_spec
@@ -127,7 +128,7 @@ def test_derived_defaults_and_resolved_paths(ws):
     assert spec.behavior.adapter.resolved_alpha == 8
     assert spec.behavior.data.train == ws / "data" / "train.jsonl"
     assert spec.knowledge.index.type == "IVF4,Flat" and type(spec.knowledge.index).__name__ == "FactoryIndexSpec"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         spec.name = "other"  # frozen
 
 

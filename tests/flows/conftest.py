@@ -81,3 +81,39 @@ def isolated(tmp_path, monkeypatch):
 def make_workspace(isolated, tiny_llama_dir, tiny_embedder_dir):
     """make_workspace(goal=..., gates=..., max_steps=...) -> spec path in the isolated workspace."""
     return lambda **kw: write_workspace(isolated, tiny_llama_dir, tiny_embedder_dir, **kw)
+
+
+@pytest.fixture(scope="session")
+def workspace_writer():
+    """The write_workspace function itself, for tests that lay out their own folders."""
+    return write_workspace
+
+
+# --- serving: systems registered once per session by the real pipeline -------------------------
+
+SERVED = {  # sub-workspace: (goal, registry name, training seed)
+    "knowledge": ("knowledge", "tiny-knowledge", 0),
+    "behavior-a": ("behavior", "tiny-behavior", 0),
+    "behavior-b": ("behavior", "tiny-behavior-b", 1),
+}
+
+
+@pytest.fixture(scope="session")
+def served_registry(prefect_api, tmp_path_factory, tiny_llama_dir, tiny_embedder_dir) -> Path:
+    """A registry holding `tiny-knowledge` (a MiniLM index over the harbor/mill/choir documents, so the
+    right document ranks first) and `tiny-behavior`, `tiny-behavior-b` (two LoRA adapters trained with
+    different seeds on the same tiny base), each registered by `adapt` and promoted to production."""
+    from flows.pipeline import adapt
+
+    root = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTFLOW_REGISTRY", str(root / "registry"))
+        mp.setenv("ADAPTFLOW_STAGES", str(root / "stages"))
+        for sub, (goal, name, seed) in SERVED.items():
+            spec = write_workspace(root / sub, tiny_llama_dir, tiny_embedder_dir, goal=goal)
+            text = spec.read_text().replace(f"name: tiny-{goal}", f"name: {name}").replace("seed: 0", f"seed: {seed}")
+            if goal == "knowledge":
+                text = text.replace(f'embedder: "{tiny_embedder_dir}"', "embedder: all-minilm-l6-v2")
+            spec.write_text(text)
+            assert adapt(str(spec), str(root / sub)) == f"{name}@v1"
+    return root / "registry"
