@@ -30,9 +30,17 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser" tests
 
+DEMO_SPEC ?= specs/lore-assistant.yaml
+DEMO_QUESTION ?= Who founded the tidal turbine company Lumen Dynamics?
+
 demo: install
 	$(VENV)/bin/adaptflow validate specs/*.yaml
-	$(VENV)/bin/adaptflow plan specs/support-triage.yaml
+	@set -o pipefail; ref=$$($(VENV)/bin/adaptflow run $(DEMO_SPEC) | tee /dev/stderr | sed -n 's/^registered //p'); \
+	  echo; echo "== asking $$ref: $(DEMO_QUESTION)"; \
+	  $(VENV)/bin/adaptflow query "$$ref" "$(DEMO_QUESTION)"
+
+ui: install
+	$(VENV)/bin/adaptflow ui
 
 lint: install
 	$(VENV)/bin/ruff check components vectorstore flows tests bench
