@@ -23,7 +23,13 @@ STEPS = 6
 def child(method: str) -> dict:
     from components.models import load_model, load_tokenizer
     from components.spec import (
-        BaseModelSpec, BehaviorDataSpec, BehaviorSpec, LoraSpec, QLoraSpec, QuantizationSpec, TrainingSpec,
+        BaseModelSpec,
+        BehaviorDataSpec,
+        BehaviorSpec,
+        LoraSpec,
+        QLoraSpec,
+        QuantizationSpec,
+        TrainingSpec,
     )
     from components.train import train
 

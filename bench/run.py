@@ -62,7 +62,7 @@ def main() -> None:
         print(f"== {name} ...", flush=True)
         results[name] = run_one(name) | {"bench_seconds": round(time.perf_counter() - start, 1)}
         RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"\n| benchmark | key | value | goal |\n|---|---|---|---|")
+    print("\n| benchmark | key | value | goal |\n|---|---|---|---|")
     for name in BENCHES:
         for key, value in results.get(name, {}).items():
             print(f"| {name} | {key} | {value if key != 'error' else 'ERROR'} | {verdict(key, value)} |")
