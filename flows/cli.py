@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import typer  # noqa: E402
+import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Adapt LLMs to tasks declared in YAML specs.")
 
