@@ -1,0 +1,79 @@
+"""Retrieval metrics against gold document ids: hit@k, recall@k, MRR, nDCG (binary relevance).
+
+Retrieval returns chunks; metrics are over documents. Within the top k chunks, a document
+counts at the rank of its first chunk, and later chunks of the same document count as
+non-relevant (so nDCG stays <= 1 and a document is never credited twice). Queries without
+gold ids are skipped and counted as `skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _first_ranks(retrieved: list[str], gold: set[str], k: int) -> list[int]:
+    """1-based ranks, within the top k, where a gold document first appears."""
+    seen: set[str] = set()
+    ranks = []
+    for rank, doc in enumerate(retrieved[:k], start=1):
+        if doc in gold and doc not in seen:
+            ranks.append(rank)
+        seen.add(doc)
+    return ranks
+
+
+def retrieval_metrics(retrieved_doc_ids: list[list[str]], gold_doc_ids: list[list[str]], k: int) -> dict[str, Any]:
+    """Mean hit@k, recall@k, MRR@k and nDCG@k over queries that have gold ids."""
+    if len(retrieved_doc_ids) != len(gold_doc_ids):
+        raise ValueError(f"{len(retrieved_doc_ids)} retrieved lists but {len(gold_doc_ids)} gold lists; pass one per query")
+    hit = recall = rr = ndcg = 0.0
+    n = 0
+    for retrieved, gold_list in zip(retrieved_doc_ids, gold_doc_ids, strict=True):
+        gold = set(gold_list)
+        if not gold:
+            continue
+        n += 1
+        ranks = _first_ranks(retrieved, gold, k)
+        hit += 1.0 if ranks else 0.0
+        recall += len(ranks) / len(gold)
+        rr += 1.0 / ranks[0] if ranks else 0.0
+        ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(gold), k) + 1))
+        ndcg += sum(1.0 / math.log2(r + 1) for r in ranks) / ideal
+    mean = (lambda x: round(x / n, 4)) if n else (lambda x: 0.0)
+    return {"k": k, "queries": n, "skipped": len(gold_doc_ids) - n,
+            "hit_at_k": mean(hit), "recall_at_k": mean(recall), "mrr": mean(rr), "ndcg": mean(ndcg)}
+
+
+def question_of(row: dict[str, Any]) -> str | None:
+    """The query text of an evaluation row: `question`, or the last user message of `messages`."""
+    if isinstance(row.get("question"), str):
+        return row["question"]
+    for message in reversed(row.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return None
+
+
+def read_eval_rows(path: Path) -> list[tuple[str, list[str]]]:
+    """(question, gold doc ids) for every row of an evaluation jsonl that has both."""
+    out = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {lineno}: not valid JSON ({exc.msg}); fix the line") from None
+        question, gold = question_of(row), row.get("doc_ids")
+        if question and gold:
+            out.append((question, [str(g) for g in gold]))
+    return out
+
+
+def evaluate_retrieval(retriever: Any, rows: list[tuple[str, list[str]]], k: int) -> dict[str, Any]:
+    """Run each question through `retriever.search` and score the documents it returns."""
+    retrieved = [[hit.doc_id for hit in retriever.search(q, k)] for q, _ in rows]
+    return retrieval_metrics(retrieved, [gold for _, gold in rows], k)

@@ -1,0 +1,129 @@
+"""The index folder on disk: index.faiss + docstore.jsonl + index.json, written atomically, verified on read.
+
+index.json records the sha256 and size of every other file; `open_index_dir` refuses a folder
+whose files do not match (truncated, bit-flipped, swapped), naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+from filelock import FileLock
+
+from vectorstore.docstore import DOCSTORE_FILE, read_docstore
+
+INDEX_FILE, INFO_FILE = "index.faiss", "index.json"
+FORMAT = "adaptflow-index/1"
+
+
+class IndexIntegrityError(ValueError):
+    """An index folder that is incomplete, damaged, or does not match its index.json."""
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_info(index_dir: Path) -> dict[str, Any]:
+    path = Path(index_dir) / INFO_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexIntegrityError(f"{path}: missing; {index_dir} is not an Adaptflow index folder (build one with `adaptflow index SPEC`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexIntegrityError(f"{path}: not valid JSON ({exc}); the file is damaged, rebuild the index") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise IndexIntegrityError(f"{path}: format is {info.get('format') if isinstance(info, dict) else None!r}, expected {FORMAT!r}; rebuild the index")
+    return info
+
+
+def verify_files(index_dir: Path, info: dict[str, Any]) -> None:
+    """Check each file's size and sha256 against index.json."""
+    for name, expected in info["files"].items():
+        path = Path(index_dir) / name
+        if not path.is_file():
+            raise IndexIntegrityError(f"{path}: missing (listed in index.json); restore the folder or rebuild the index")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise IndexIntegrityError(
+                f"{path}: {size} bytes but index.json records {expected['bytes']} (truncated or replaced); rebuild the index"
+            )
+        if sha256_file(path) != expected["sha256"]:
+            raise IndexIntegrityError(f"{path}: sha256 does not match index.json (the file is corrupted); rebuild the index")
+
+
+def read_faiss(path: Path) -> faiss.Index:
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexIntegrityError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[-1][:200]}); rebuild the index") from None
+
+
+def open_index_dir(index_dir: Path, verify: bool = True) -> tuple[dict[str, Any], faiss.Index, dict[int, dict[str, Any]]]:
+    """(index.json, the FAISS index, docstore rows by id), checked against each other."""
+    from vectorstore.faiss_index import index_ids, set_params
+
+    index_dir = Path(index_dir)
+    info = read_info(index_dir)
+    if verify:
+        verify_files(index_dir, info)
+    index = read_faiss(index_dir / INDEX_FILE)
+    rows = read_docstore(index_dir / DOCSTORE_FILE)
+    ids = set(index_ids(index).tolist())
+    if len(ids) != index.ntotal or ids != set(rows):
+        raise IndexIntegrityError(
+            f"{index_dir / DOCSTORE_FILE}: its {len(rows)} ids are not the {index.ntotal} ids in {INDEX_FILE}; rebuild the index"
+        )
+    if index.ntotal != info["counts"]["vectors"]:
+        raise IndexIntegrityError(f"{index_dir / INDEX_FILE}: {index.ntotal} vectors but index.json records {info['counts']['vectors']}; rebuild the index")
+    set_params(index, info["index"]["params"])
+    return info, index, rows
+
+
+def write_index_dir(out_dir: Path, writers: dict[str, Callable[[Path], None]], info: dict[str, Any]) -> dict[str, Any]:
+    """Write each file via its writer into a temp folder next to out_dir, add hashes to info, then swap it in."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            files = {}
+            for name, write in writers.items():
+                write(tmp / name)
+                _fsync(tmp / name)
+                files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+            info = {**info, "files": files}
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            _fsync(tmp / INFO_FILE)
+            old = None
+            if out_dir.exists():
+                old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+                shutil.rmtree(old, ignore_errors=True)
+                out_dir.rename(old)
+            tmp.rename(out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return info
