@@ -5,10 +5,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import textwrap
+from pathlib import Path
 
 import typer
 
 from flows.cli import app
+
+RootOpt = typer.Option(None, "--root", help="registry folder (default: $ADAPTFLOW_REGISTRY or ./registry)")
+API_KEY_ENV = "ADAPTFLOW_API_KEY"
 
 
 @app.command()
@@ -17,34 +22,41 @@ def query(
     question: str = typer.Argument(...),
     no_retrieval: bool = typer.Option(False, "--no-retrieval", help="ablation: skip the index"),
     no_adapter: bool = typer.Option(False, "--no-adapter", help="ablation: the base model alone"),
-    top_k: int | None = typer.Option(None, "--top-k"),
-    max_tokens: int | None = typer.Option(None, "--max-tokens"),
-    as_json: bool = typer.Option(False, "--json", help="{answer, citations, system, latency_ms}"),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="chunks to retrieve (default: the spec's top_k)"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1,
+                                          help="answer length cap (default: the spec's evaluation.max_new_tokens)"),
+    as_json: bool = typer.Option(False, "--json", help="print {answer, citations, system, latency_ms, ...}"),
+    root: Path | None = RootOpt,
 ) -> None:
     """Answer a question with a registered system, then list numbered citations."""
-    from components.registry import RegistryError
+    from transformers.utils import logging as hf_logging
+
+    from components.registry import Registry, RegistryError
     from components.system import load_system
 
+    hf_logging.disable_progress_bar()  # keep the terminal for the answer
     try:
-        loaded = load_system(system)
+        loaded = load_system(system, Registry(root))
     except RegistryError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     answer = loaded.query(question, use_adapter=not no_adapter, use_retrieval=not no_retrieval,
                           top_k=top_k, max_new_tokens=max_tokens)
     if as_json:
-        typer.echo(json.dumps(answer.to_dict(), indent=2))
+        typer.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return
     typer.echo(answer.answer)
     if answer.citations:
         typer.echo("\nSources:")
         for c in answer.citations:
-            typer.echo(f"  [{c.n}] {c.doc_id} — {c.title} (score {c.score:.3f})\n      {c.snippet[:160]}")
-    typer.echo(f"\n({answer.system}, {answer.latency_ms:.0f} ms: retrieval {answer.retrieval_ms:.0f}, "
-               f"generation {answer.generation_ms:.0f})")
+            typer.echo(f"  [{c.n}] {c.doc_id} — {c.title} (score {c.score:.3f})")
+            typer.echo(textwrap.indent(textwrap.fill(c.snippet, 96), "      "))
+    ablations = [flag for flag, on in (("no adapter", no_adapter), ("no retrieval", no_retrieval)) if on]
+    typer.echo(f"\n({answer.system}{', ' + ', '.join(ablations) if ablations else ''}; {answer.latency_ms:.0f} ms: "
+               f"retrieval {answer.retrieval_ms:.0f}, generation {answer.generation_ms:.0f})")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -55,17 +67,23 @@ def _is_loopback(host: str) -> bool:
 
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback requires ADAPTFLOW_API_KEY"),
-    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1", help=f"bind address; anything but loopback requires {API_KEY_ENV}"),
+    port: int = typer.Option(8000, min=0, max=65535),
+    root: Path | None = RootOpt,
+    max_tokens_cap: int = typer.Option(512, min=1, help="the largest max_tokens a request may ask for"),
 ) -> None:
-    """OpenAI-compatible API: GET /health, GET /v1/models, POST /v1/chat/completions."""
+    """OpenAI-compatible API: GET /health, GET /v1/models, POST /v1/chat/completions (model = NAME@REF)."""
     import uvicorn
 
-    from flows.api import create_app
+    from components.registry import Registry
+    from flows.api import Limits, create_app
 
-    key = os.environ.get("ADAPTFLOW_API_KEY") or None
-    if not _is_loopback(host) and not key:
-        typer.echo(f"refusing to bind {host} without a token: set ADAPTFLOW_API_KEY (clients send it as a bearer token)",
-                   err=True)
+    key = os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(host) and not key:
+        typer.echo(f"error: refusing to bind {host} without a token: anyone who can reach it could use it. "
+                   f"Set {API_KEY_ENV} (clients send it as `Authorization: Bearer ...`) or bind 127.0.0.1", err=True)
         raise typer.Exit(1)
-    uvicorn.run(create_app(api_key=key), host=host, port=port, log_level="info")
+    registry = Registry(root)
+    typer.echo(f"serving {registry.root} on http://{host}:{port}/v1 ({'bearer token required' if key else 'no token'})")
+    app_ = create_app(registry, api_key=key, limits=Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=min(128, max_tokens_cap)))
+    uvicorn.run(app_, host=host, port=port, log_level="info")

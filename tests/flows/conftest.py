@@ -92,17 +92,17 @@ def workspace_writer():
 # --- serving: systems registered once per session by the real pipeline -------------------------
 
 SERVED = {  # sub-workspace: (goal, registry name, training seed)
-    "knowledge": ("knowledge", "tiny-knowledge", 0),
-    "behavior-a": ("behavior", "tiny-behavior", 0),
-    "behavior-b": ("behavior", "tiny-behavior-b", 1),
+    "both": ("both", "tiny-both", 0),
+    "behavior": ("behavior", "tiny-behavior", 1),
 }
 
 
 @pytest.fixture(scope="session")
 def served_registry(prefect_api, tmp_path_factory, tiny_llama_dir, tiny_embedder_dir) -> Path:
-    """A registry holding `tiny-knowledge` (a MiniLM index over the harbor/mill/choir documents, so the
-    right document ranks first) and `tiny-behavior`, `tiny-behavior-b` (two LoRA adapters trained with
-    different seeds on the same tiny base), each registered by `adapt` and promoted to production."""
+    """A registry holding `tiny-both` (a LoRA adapter and a MiniLM index over the harbor/mill/choir
+    documents, so the right document ranks first) and `tiny-behavior` (a LoRA adapter trained with
+    another seed on the same tiny base), each registered by `adapt` and promoted to production.
+    The two adapters answer differently from each other and from the base (checked in test_cmd_query)."""
     from flows.pipeline import adapt
 
     root = tmp_path_factory.mktemp("served")
@@ -112,8 +112,9 @@ def served_registry(prefect_api, tmp_path_factory, tiny_llama_dir, tiny_embedder
         for sub, (goal, name, seed) in SERVED.items():
             spec = write_workspace(root / sub, tiny_llama_dir, tiny_embedder_dir, goal=goal)
             text = spec.read_text().replace(f"name: tiny-{goal}", f"name: {name}").replace("seed: 0", f"seed: {seed}")
-            if goal == "knowledge":
-                text = text.replace(f'embedder: "{tiny_embedder_dir}"', "embedder: all-minilm-l6-v2")
+            # lr 5e-2: four steps then move the tiny model's greedy answer off its untrained one ("")
+            text = text.replace("lr: 1.0e-2", "lr: 5.0e-2")
+            text = text.replace(f'embedder: "{tiny_embedder_dir}"', "embedder: all-minilm-l6-v2")
             spec.write_text(text)
             assert adapt(str(spec), str(root / sub)) == f"{name}@v1"
     return root / "registry"
