@@ -135,13 +135,10 @@ def forgetting(system, text: str | None = None) -> dict:
     """Relative perplexity change on general text, adapter vs base (0.05 = 5% worse)."""
     text = text or resources.files("components").joinpath("resources", GENERAL_TEXT).read_text()
     tok = system.handle.tokenizer
-    with system.handle.lock:
-        base_model, ctx = system._model_for(False)
-        with ctx:
-            base = perplexity(base_model, tok, text)
-        tuned_model, ctx = system._model_for(True)
-        with ctx:
-            tuned = perplexity(tuned_model, tok, text)
+    with system.using(use_adapter=False) as model:
+        base = perplexity(model, tok, text)
+    with system.using(use_adapter=True) as model:
+        tuned = perplexity(model, tok, text)
     return {"base_ppl": round(base, 4), "adapter_ppl": round(tuned, 4), "forgetting": round(tuned / base - 1, 4)}
 
 

@@ -256,6 +256,14 @@ class System:
             return handle.peft, handle.peft.disable_adapter()
         return handle.model, plain
 
+    @contextlib.contextmanager
+    def using(self, use_adapter: bool = True) -> Iterator[object]:
+        """The model with this system's adapter set (or disabled), held under the base's lock."""
+        with self.handle.lock:
+            model, ctx = self._model_for(use_adapter and self.method is not None)
+            with ctx:
+                yield model
+
     # --- querying ---------------------------------------------------------------------------
 
     def retrieve(self, question: str, k: int | None = None) -> list:
