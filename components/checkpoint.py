@@ -1,0 +1,172 @@
+"""Training checkpoints in safetensors + JSON (no pickle), written atomically.
+
+A checkpoint is a folder `checkpoints/step-000120/` holding the trainable tensors, the optimizer
+state (tensors in safetensors, the rest in JSON), the scheduler state, the RNG states, the data
+position and the loss history. It is built in a `.tmp-*` folder, every file is fsynced, and
+`complete.json` (the sha256 of every other file) is written last before the folder is renamed
+into place. On resume the newest folder whose `complete.json` exists and whose hashes match wins;
+a torn one (killed mid-write, truncated, edited) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX, COMPLETE = "step-", "complete.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+# --- optimizer / scheduler / RNG <-> tensors + JSON ------------------------------------------
+
+
+def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = flat.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    return tensors
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], python_state: list) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = python_state
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --- save / find / load ----------------------------------------------------------------------
+
+
+def save_checkpoint(
+    root: Path, step: int, *, params: dict[str, torch.Tensor], optimizer, scheduler, trainer_state: dict,
+    method_tensors: dict[str, torch.Tensor] | None = None, method_meta: dict | None = None, keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` atomically; keep the newest `keep` complete ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    opt_tensors, opt_meta = _optimizer_split(optimizer)
+    save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, tmp / "trainable.safetensors")
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(_rng_tensors(), tmp / "rng.safetensors")
+    save_file(method_tensors or {}, tmp / "method.safetensors")
+    _write_json(tmp / "optimizer.json", opt_meta)
+    _write_json(tmp / "scheduler.json", scheduler.state_dict())
+    _write_json(tmp / "trainer_state.json", {**trainer_state, "python_rng": _python_rng()})
+    _write_json(tmp / "method.json", method_meta or {})
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    for name in files:
+        _fsync(tmp / name)
+    _write_json(tmp / COMPLETE, {"step": step, "files": files})
+    _fsync(tmp / COMPLETE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_complete(folder: Path) -> bool:
+    marker = folder / COMPLETE
+    if not marker.exists():
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+        return all((folder / n).exists() and _sha256(folder / n) == h for n, h in files.items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (hashes are checked only when resuming)."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists())
+
+
+def latest_checkpoint(root: Path, log=print) -> Path | None:
+    """The newest checkpoint that is complete and intact; torn ones are reported and skipped."""
+    if not root.exists():
+        return None
+    for folder in sorted((p for p in root.iterdir() if p.name.startswith(PREFIX)), reverse=True):
+        if is_complete(folder):
+            return folder
+        log(f"[adaptflow] skipping torn checkpoint {folder} (incomplete or failed its hash check)")
+    return None
+
+
+def load_checkpoint(folder: Path, *, params: dict[str, torch.Tensor], optimizer, scheduler) -> tuple[dict, dict, dict]:
+    """Restore tensors, optimizer, scheduler and RNG in place; return (trainer_state, method tensors, method meta)."""
+    saved = load_file(folder / "trainable.safetensors")
+    if set(saved) != set(params):
+        missing = sorted(set(params) ^ set(saved))[:3]
+        raise ValueError(
+            f"{folder}: the checkpoint's trainable tensors do not match this model/method (e.g. {missing}); "
+            "it was written by a different spec: delete the checkpoints folder or restore that spec"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
+    opt_meta = json.loads((folder / "optimizer.json").read_text())
+    optimizer.load_state_dict(_optimizer_join(load_file(folder / "optimizer.safetensors"), opt_meta))
+    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    trainer_state = json.loads((folder / "trainer_state.json").read_text())
+    _restore_rng(load_file(folder / "rng.safetensors"), trainer_state.pop("python_rng"))
+    return trainer_state, load_file(folder / "method.safetensors"), json.loads((folder / "method.json").read_text())

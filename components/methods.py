@@ -1,0 +1,407 @@
+"""Adapter methods: one builder and one registration line per spec class.
+
+This is the one place where peft keyword names appear (STYLE.md 4). A builder turns a typed spec
+into either a `peft.PeftConfig` (the peft methods) or a `WeightSelection` (selective, full: base
+parameters trained in place). `apply_method` attaches it; `save_adapter` / `load_adapter` write
+and read it back: peft's own `save_pretrained` folder for peft methods, safetensors + JSON for
+selective/full. Method-specific training hooks (AdaLoRA's rank allocation and orthogonal
+regularisation, the virtual-token offset of prompt learning) live here too, so the training loop
+stays generic.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import (
+    AdaLoraConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
+from safetensors.torch import load_file, save_file
+
+from components.spec import (
+    AdaLoraSpec,
+    AdapterSpec,
+    DoraSpec,
+    FullSpec,
+    IA3Spec,
+    LoHaSpec,
+    LoKrSpec,
+    LoraSpec,
+    PrefixTuningSpec,
+    PromptTuningSpec,
+    PTuningSpec,
+    QLoraSpec,
+    SelectiveSpec,
+)
+
+CAUSAL_LM = TaskType.CAUSAL_LM
+METHOD_FILE = "adaptflow_adapter.json"  # the spec that built the adapter (lineage), in every adapter folder
+WEIGHTS_FILE = "adapter_weights.safetensors"  # selective/full: the trained base tensors
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    total_steps: int | None = None
+    tokenizer: object | None = None
+    counting: bool = False  # building on the meta device only to count parameters
+
+
+@dataclass(frozen=True)
+class WeightSelection:
+    """Train base parameters in place: those whose name matches a pattern (all when None)."""
+
+    patterns: tuple[str, ...] | None
+
+    def selects(self, name: str) -> bool:
+        return self.patterns is None or any(re.search(p, name) for p in self.patterns)
+
+
+Built = PeftConfig | WeightSelection
+BUILDERS: dict[str, Callable[..., Built]] = {}
+
+
+def register(method: str, builder: Callable[..., Built]) -> None:
+    BUILDERS[method] = builder
+
+
+# --- builders: spec -> library config (the one translation place) -------------------------------
+
+
+def build_lora(spec: LoraSpec, ctx: BuildContext) -> LoraConfig:
+    return LoraConfig(
+        task_type=CAUSAL_LM, r=spec.r, lora_alpha=spec.resolved_alpha, lora_dropout=spec.dropout,
+        target_modules=spec.target_modules, use_dora=isinstance(spec, DoraSpec),
+    )
+
+
+def build_adalora(spec: AdaLoraSpec, ctx: BuildContext) -> AdaLoraConfig:
+    if ctx.total_steps is None:
+        raise ValueError("adapter.method 'adalora' derives its rank schedule from the total step count; pass total_steps")
+    tinit, tfinal = int(spec.warmup_fraction * ctx.total_steps), int(spec.final_fraction * ctx.total_steps)
+    if tinit >= ctx.total_steps - tfinal:
+        raise ValueError(
+            f"adapter.warmup_fraction + adapter.final_fraction leave no rank-allocation phase in {ctx.total_steps} steps; "
+            "lower them or train for more steps"
+        )
+    return AdaLoraConfig(
+        task_type=CAUSAL_LM, init_r=spec.init_r, target_r=spec.target_r, lora_alpha=spec.resolved_alpha,
+        lora_dropout=spec.dropout, target_modules=spec.target_modules, tinit=tinit, tfinal=tfinal,
+        total_step=ctx.total_steps,
+    )
+
+
+def build_ia3(spec: IA3Spec, ctx: BuildContext) -> IA3Config:
+    return IA3Config(task_type=CAUSAL_LM, target_modules=spec.target_modules, feedforward_modules=spec.feedforward_modules)
+
+
+def build_loha(spec: LoHaSpec, ctx: BuildContext) -> LoHaConfig:
+    return LoHaConfig(task_type=CAUSAL_LM, r=spec.r, alpha=spec.resolved_alpha, target_modules=spec.target_modules)
+
+
+def build_lokr(spec: LoKrSpec, ctx: BuildContext) -> LoKrConfig:
+    return LoKrConfig(task_type=CAUSAL_LM, r=spec.r, alpha=spec.resolved_alpha, target_modules=spec.target_modules)
+
+
+def build_prompt_tuning(spec: PromptTuningSpec, ctx: BuildContext) -> PromptTuningConfig:
+    if spec.init_text is None or ctx.counting:
+        return PromptTuningConfig(task_type=CAUSAL_LM, num_virtual_tokens=spec.num_virtual_tokens)
+    if ctx.tokenizer is None:
+        raise ValueError("adapter.init_text needs the tokenizer; pass tokenizer= to apply_method")
+    return PromptTuningConfig(
+        task_type=CAUSAL_LM, num_virtual_tokens=spec.num_virtual_tokens, prompt_tuning_init=PromptTuningInit.TEXT,
+        prompt_tuning_init_text=spec.init_text, tokenizer_name_or_path=ctx.tokenizer.name_or_path,
+    )
+
+
+def build_p_tuning(spec: PTuningSpec, ctx: BuildContext) -> PromptEncoderConfig:
+    return PromptEncoderConfig(
+        task_type=CAUSAL_LM, num_virtual_tokens=spec.num_virtual_tokens, encoder_hidden_size=spec.encoder_hidden_size,
+    )
+
+
+def build_prefix_tuning(spec: PrefixTuningSpec, ctx: BuildContext) -> PrefixTuningConfig:
+    return PrefixTuningConfig(
+        task_type=CAUSAL_LM, num_virtual_tokens=spec.num_virtual_tokens, prefix_projection=spec.prefix_projection,
+    )
+
+
+def build_selective(spec: SelectiveSpec, ctx: BuildContext) -> WeightSelection:
+    return WeightSelection(tuple(spec.parameters))
+
+
+def build_full(spec: FullSpec, ctx: BuildContext) -> WeightSelection:
+    return WeightSelection(None)
+
+
+register("lora", build_lora)
+register("dora", build_lora)  # DoraSpec is a LoraSpec; build_lora sets use_dora
+register("qlora", build_lora)  # LoRA; the 4-bit base comes from base_model.quantization
+register("adalora", build_adalora)
+register("ia3", build_ia3)
+register("loha", build_loha)
+register("lokr", build_lokr)
+register("prompt_tuning", build_prompt_tuning)
+register("p_tuning", build_p_tuning)
+register("prefix_tuning", build_prefix_tuning)
+register("selective", build_selective)
+register("full", build_full)
+
+
+# --- attaching -------------------------------------------------------------------------------
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def apply_method(model, adapter: AdapterSpec, *, total_steps: int | None = None, tokenizer=None):
+    """The trainable model: a PeftModel for peft methods, the model itself for selective/full."""
+    return _attach(model, adapter, BuildContext(total_steps=total_steps, tokenizer=tokenizer))
+
+
+def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
+    built = BUILDERS[adapter.method](adapter, ctx)
+    if isinstance(built, WeightSelection):
+        if is_quantized(model):
+            raise ValueError(
+                f"adapter.method '{adapter.method}' trains base weights, which cannot be 4/8-bit; "
+                "remove base_model.quantization or use method 'qlora'"
+            )
+        return _select_weights(model, built, adapter)
+    if isinstance(adapter, QLoraSpec) and not is_quantized(model) and not ctx.counting:
+        raise ValueError(
+            "adapter.method is 'qlora' but the base model is not quantized; "
+            "add `quantization: {bits: 4}` under base_model or use method 'lora'"
+        )
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_model = get_peft_model(model, built)
+    _fix_prompt_learning_generate(peft_model)
+    return peft_model
+
+
+def _select_weights(model, selection: WeightSelection, adapter: AdapterSpec):
+    names = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(selection.selects(name))
+        if param.requires_grad:
+            names.append(name)
+    if not names:
+        sample = ", ".join(n for n, _ in list(model.named_parameters())[:6])
+        raise ValueError(
+            f"adapter.parameters {list(selection.patterns or [])} match no parameter of the model "
+            f"(names look like: {sample}, ...); use substrings or regexes of those names, e.g. 'norm'"
+        )
+    return model
+
+
+def is_prompt_learning(model) -> bool:
+    return isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning
+
+
+def virtual_token_offset(model) -> int:
+    """How many positions the method prepends to every row's logits (prompt/p-tuning)."""
+    if not is_prompt_learning(model) or model.active_peft_config.peft_type == "PREFIX_TUNING":
+        return 0
+    return model.active_peft_config.num_virtual_tokens
+
+
+def _fix_prompt_learning_generate(model) -> None:
+    """peft 0.21's prompt-learning `generate` reads and writes `past_key_values`, which transformers 5
+    renamed to `cache`: the prefix is then ignored and soft prompts are re-injected at every decoding
+    step (the class of bugs of peft issues 2123/2131). Rename the key on the way through, so both
+    agree. `components.train.generation_check` verifies the result against a no-cache decode."""
+    if not is_prompt_learning(model) or getattr(model, "_adaptflow_generate_fixed", False):
+        return
+    original = model.base_model_prepare_inputs_for_generation
+    if "cache" not in inspect.signature(original).parameters:
+        return
+
+    @functools.wraps(original)
+    def renamed(*args, **kwargs):
+        if "cache" in kwargs:
+            kwargs["past_key_values"] = kwargs.pop("cache")
+        inputs = original(*args, **kwargs)
+        if "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = renamed
+    model._adaptflow_generate_fixed = True
+
+
+# --- training hooks (generic loop, method-specific behaviour) ------------------------------------
+
+
+def _adalora(model):
+    if isinstance(model, PeftModel) and model.active_peft_config.peft_type == "ADALORA":
+        return model.base_model
+    return None
+
+
+def extra_loss(model) -> torch.Tensor | None:
+    """AdaLoRA's orthogonal regularisation of P and Q (what AdaLoraModel.forward adds when given labels;
+    the loop computes its loss on answer positions only, so it adds this itself)."""
+    ada = _adalora(model)
+    if ada is None:
+        return None
+    name = ada.trainable_adapter_name
+    terms = []
+    for n, p in ada.model.named_parameters():
+        if ("lora_A" in n or "lora_B" in n) and name in n:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            terms.append(torch.norm(cov - torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device), p="fro"))
+    if not terms:
+        return None
+    return ada.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
+
+
+def after_optimizer_step(model, step: int) -> None:
+    """Called after optimizer.step() and before zero_grad (AdaLoRA reads the gradients to set its budget)."""
+    ada = _adalora(model)
+    if ada is not None:
+        ada.update_and_allocate(step)
+
+
+def method_state(model) -> tuple[dict[str, torch.Tensor], dict]:
+    """State beyond parameters and optimizer that a resume needs (AdaLoRA's rank allocator)."""
+    ada = _adalora(model)
+    if ada is None:
+        return {}, {}
+    alloc = ada.rankallocator
+    tensors = {f"{kind}/{k}": v.detach().clone() for kind in ("ipt", "exp_avg_ipt", "exp_avg_unc")
+               for k, v in getattr(alloc, kind).items()}
+    pattern = ada.peft_config[ada.trainable_adapter_name].rank_pattern
+    return tensors, {"rank_pattern": {k: [bool(b) for b in v] for k, v in (pattern or {}).items()} or None}
+
+
+def load_method_state(model, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    ada = _adalora(model)
+    if ada is None:
+        return
+    for key, value in tensors.items():
+        kind, name = key.split("/", 1)
+        getattr(ada.rankallocator, kind)[name] = value
+    ada.peft_config[ada.trainable_adapter_name].rank_pattern = meta.get("rank_pattern")
+
+
+# --- counting -----------------------------------------------------------------------------
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total); for peft models total includes the adapter, as print_trainable_parameters."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())  # parameters() yields tied weights once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def count_parameters_meta(config_folder: Path, adapter: AdapterSpec) -> tuple[int, int]:
+    """The same counts with the model built on the meta device: no weights are allocated or read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(config_folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+        model = _attach(model, adapter, BuildContext(total_steps=1000, counting=True))
+    return count_parameters(model)
+
+
+# --- saving and loading ----------------------------------------------------------------------
+
+
+def _write_method_file(out_dir: Path, adapter: AdapterSpec, extra: dict) -> None:
+    record = {"method": adapter.method, "spec": adapter.model_dump(mode="json"), **extra}
+    (out_dir / METHOD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _sort_set_fields(path: Path, config: PeftConfig) -> None:
+    """peft writes set-valued fields (target_modules, ...) in hash order, which changes between
+    processes; sorted, the same training gives the same bytes (content-addressed registry)."""
+    data = json.loads(path.read_text())
+    for key, value in config.to_dict().items():
+        if isinstance(value, set):
+            data[key] = sorted(value)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def save_adapter(model, adapter: AdapterSpec, out_dir: Path) -> Path:
+    """peft methods: `save_pretrained` (adapter_config.json + adapter_model.safetensors).
+    selective/full: the trained tensors as safetensors, plus the method JSON."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir)
+        _sort_set_fields(out_dir / "adapter_config.json", model.peft_config[model.active_adapter])
+        _write_method_file(out_dir, adapter, {"format": "peft"})
+        return out_dir
+    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt", "method": adapter.method})
+    base = str(getattr(model.config, "name_or_path", ""))
+    _write_method_file(out_dir, adapter, {"format": "weights", "base_model": base, "parameters": sorted(tensors)})
+    return out_dir
+
+
+def load_adapter(base_model, adapter_dir: Path, adapter_name: str = "default", *, is_trainable: bool = False):
+    """The base model with the adapter. A second peft adapter is added to an existing PeftModel under
+    `adapter_name` (switch with `set_adapter`); selective/full tensors are copied into the base in place."""
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / "adapter_config.json").exists():
+        if isinstance(base_model, PeftModel):
+            try:
+                base_model.load_adapter(adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{adapter_dir}: cannot add adapter '{adapter_name}' to this model: {exc}; "
+                    "adapters of different peft types need their own copy of the base model"
+                ) from exc
+            model = base_model
+        else:
+            model = PeftModel.from_pretrained(base_model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
+        _fix_prompt_learning_generate(model)
+        return model
+    if (adapter_dir / WEIGHTS_FILE).exists():
+        return _load_weights(base_model, adapter_dir, adapter_name)
+    raise FileNotFoundError(
+        f"{adapter_dir} holds neither adapter_config.json (peft) nor {WEIGHTS_FILE} (selective/full); "
+        "point at the `adapter/` folder a training run wrote"
+    )
+
+
+def _load_weights(base_model, adapter_dir: Path, adapter_name: str):
+    if isinstance(base_model, PeftModel) or adapter_name != "default":
+        raise ValueError(
+            f"{adapter_dir} holds selective/full weights, which replace base tensors and cannot be stacked "
+            "as a named adapter; load it onto a fresh base model"
+        )
+    tensors = load_file(adapter_dir / WEIGHTS_FILE)
+    params = dict(base_model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if name not in params or params[name].shape != value.shape:
+                raise ValueError(
+                    f"{adapter_dir / WEIGHTS_FILE}: tensor '{name}' {tuple(value.shape)} does not fit this base model; "
+                    "load it onto the base model it was trained from (see its adaptflow_adapter.json)"
+                )
+            params[name].copy_(value.to(params[name].dtype))
+    return base_model

@@ -1,0 +1,381 @@
+"""Train a behavior adapter: one visible loop (setup -> train -> check -> save), torchtune style.
+
+    data (tokenized, checked before any model load) -> apply the method -> AdamW + warmup/decay
+    -> loop: grad-accumulated micro-batches, clip, step, periodic eval, checkpoints
+    -> generation check -> adapter/ (peft save_pretrained) + train_record.json + metrics.json
+
+The loss is the mean cross-entropy over answer tokens of an optimizer step (summed over its
+micro-batches, divided once), computed on answer positions only (`logits_to_keep`), so packed
+and padded batches give the same loss. Resume: the newest intact checkpoint in
+`out_dir/checkpoints/` restores tensors, optimizer, scheduler, RNG and data position, so a
+killed run finishes with the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from components import checkpoint, methods
+from components.batching import Batch, eval_batches, micro_batches
+from components.data import (
+    IGNORE_INDEX,
+    DataError,
+    Example,
+    TokenizedSet,
+    load_examples,
+    prompt_messages,
+    render_prompt,
+    tokenize_examples,
+)
+from components.spec import PROMPT_LEARNING, BehaviorSpec, TaskSpec, TrainingSpec
+
+Progress = Callable[[int, int, dict], None]
+GENERATION_PROMPTS = 4
+GENERATION_TOKENS = 8
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss or gradient: the run stopped; the last good checkpoint is kept."""
+
+
+class GenerationCheckError(RuntimeError):
+    """`generate` ignores or misapplies the adapter: the adapter is not shipped."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: TokenizedSet
+    eval: TokenizedSet | None
+    eval_examples: list[Example]
+    train_examples: list[Example]
+
+
+@dataclass
+class TrainRecord:
+    method: str
+    seed: int
+    steps: int
+    epochs: float
+    batching: str  # "packed" or "grouped"
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    adapter_bytes: int
+    wall_seconds: float  # this process: setup, training, eval, checkpoints, save
+    train_seconds: float  # time in training steps, all processes of a resumed run
+    train_tokens: int
+    tokens_per_second: float
+    peak_rss_mb: float
+    final_loss: float | None
+    final_eval_loss: float | None
+    resumed_from_step: int | None
+    loss_curve: list[list[float]] = field(default_factory=list)  # [step, loss]
+    eval_history: list[list[float]] = field(default_factory=list)  # [step, eval loss]
+    data: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_data(behavior: BehaviorSpec, tokenizer) -> PreparedData:
+    """Read, check and tokenize the data; needs only the tokenizer, so it runs before any model load."""
+    train_rows, eval_rows = load_examples(behavior.data)
+    cut = (behavior.training.max_seq_len, behavior.data.over_length)
+    train_set = tokenize_examples(train_rows, tokenizer, *cut)
+    eval_set = tokenize_examples(eval_rows, tokenizer, *cut) if eval_rows else None
+    for split, tokenized in (("train", train_set), ("eval", eval_set)):
+        if tokenized is not None and tokenized.stats.over_length:
+            done = "dropped" if behavior.data.over_length == "drop" else "truncated"
+            print(f"[adaptflow] {tokenized.stats.over_length} {split} examples exceed training.max_seq_len="
+                  f"{behavior.training.max_seq_len} tokens and were {done} (behavior.data.over_length)", flush=True)
+    return PreparedData(train_set, eval_set, eval_rows, train_rows)
+
+
+def plan_steps(n_train: int, spec: TrainingSpec) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps); max_steps overrides epochs."""
+    per_epoch = max(1, math.ceil(math.ceil(n_train / spec.batch_size) / spec.grad_accum))
+    return per_epoch, spec.max_steps or max(1, math.ceil(spec.epochs * per_epoch))
+
+
+def lr_factor(step: int, total: int, spec: TrainingSpec) -> float:
+    warmup = int(spec.warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if spec.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1 - progress if spec.schedule == "linear" else 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def batch_loss(model, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's answer tokens; logits only where a target exists."""
+    device = _device(model)
+    keep = (batch.targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    offset = methods.virtual_token_offset(model)
+    inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(**inputs, logits_to_keep=(keep + offset).to(device), use_cache=False).logits
+    targets = batch.targets[:, keep].to(device)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: TokenizedSet, spec: TrainingSpec, packed: bool, pad_id: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in eval_batches(data.examples, spec.batch_size, packed, spec.max_seq_len, pad_id):
+        total += batch_loss(model, batch).item()
+        count += batch.n_targets
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# --- generation check --------------------------------------------------------------------------
+
+
+@dataclass
+class Greedy:
+    texts: list[str]
+    sequences: list[torch.Tensor]  # generated ids only
+    first_scores: list[torch.Tensor]  # logits of the first generated token
+
+
+def _prompt_text(tokenizer, prompt) -> str:
+    return prompt if isinstance(prompt, str) else render_prompt(tokenizer, prompt)
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list, max_new_tokens: int = GENERATION_TOKENS) -> Greedy:
+    out = Greedy([], [], [])
+    model.eval()
+    for prompt in prompts:
+        ids = tokenizer(_prompt_text(tokenizer, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids.to(_device(model))
+        gen = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+            output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+        )
+        new = gen.sequences[0, ids.shape[1]:].cpu()
+        out.sequences.append(new)
+        out.first_scores.append(gen.scores[0][0].float().cpu())
+        out.texts.append(tokenizer.decode(new, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def _agrees_with_forward(model, tokenizer, prompt, generated: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Each generated token is the argmax (within tol) of a plain, cache-free forward pass."""
+    ids = tokenizer(_prompt_text(tokenizer, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    full = torch.cat([ids, generated.unsqueeze(0)], dim=1).to(_device(model))
+    n = generated.shape[0]
+    logits = model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False).logits[0, -n - 1:-1].float()
+    chosen = logits.gather(1, generated.to(logits.device).unsqueeze(1)).squeeze(1)
+    return bool((chosen >= logits.max(1).values - tol * logits.abs().max().clamp(min=1)).all())
+
+
+def generation_check(base_model, tuned_model, tokenizer, prompts: list, *, base_outputs: Greedy | None = None) -> dict:
+    """Raise GenerationCheckError unless `generate` runs and is changed by the adapter, and agrees with
+    the tuned model's own forward pass (prompt-learning adapters ignored by `generate`: peft issues
+    2123, 2131). For peft models the base is the same model with the adapter disabled; selective/full
+    change the base in place, so pass `base_outputs` computed before training."""
+    tuned = greedy(tuned_model, tokenizer, prompts)
+    if base_outputs is None:
+        if isinstance(tuned_model, PeftModel):
+            with tuned_model.disable_adapter():
+                base_outputs = greedy(tuned_model, tokenizer, prompts)
+        else:
+            base_outputs = greedy(base_model, tokenizer, prompts)
+    diff = max((t - b).abs().max().item() for t, b in zip(tuned.first_scores, base_outputs.first_scores, strict=True))
+    if diff < 1e-5:
+        raise GenerationCheckError(
+            f"generate() output is identical to the base model's (max logit diff {diff:.1e}): the adapter is "
+            "ignored at generation (peft issues 2123/2131 for prompt-learning methods) or did not train; "
+            "not shipping it: use another adapter.method (e.g. lora) or another peft version"
+        )
+    bad = [i for i, p in enumerate(prompts) if not _agrees_with_forward(tuned_model, tokenizer, p, tuned.sequences[i])]
+    if bad:
+        raise GenerationCheckError(
+            f"generate() disagrees with the tuned model's forward pass on {len(bad)} of {len(prompts)} prompts: "
+            "the adapter is misapplied during generation (peft issues 2123/2131); not shipping it: "
+            "use another adapter.method (e.g. lora) or another peft version"
+        )
+    changed = sum(not torch.equal(t, b) for t, b in zip(tuned.sequences, base_outputs.sequences, strict=True))
+    samples = [{"base": b, "tuned": t} for b, t in zip(base_outputs.texts, tuned.texts, strict=True)]
+    return {"prompts": len(prompts), "changed_outputs": changed, "max_first_logit_diff": diff, "samples": samples}
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def _dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(
+    model, tokenizer, behavior: BehaviorSpec, out_dir: Path, *, progress: Progress | None = None,
+    data: PreparedData | None = None,
+) -> TrainRecord:
+    """Apply `behavior.adapter` to `model` (as `load_model` returns it), train, check, save."""
+    started, spec, out_dir = time.time(), behavior.training, Path(out_dir)
+    data = data or prepare_data(behavior, tokenizer)
+    per_epoch, total = plan_steps(len(data.train), spec)
+    packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING  # soft prompts are per row
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = [prompt_messages(e) for e in (data.eval_examples or data.train_examples)[:GENERATION_PROMPTS]]
+    weights_method = behavior.adapter.method in {"selective", "full"}
+    base_outputs = greedy(model, tokenizer, prompts) if weights_method else None  # the base changes in place
+
+    # setup: method, optimizer, schedule, resume
+    seed_everything(spec.seed)
+    model = methods.apply_method(model, behavior.adapter, total_steps=total, tokenizer=tokenizer)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(list(named.values()), lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, spec))
+    state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "train_seconds": 0.0, "loss_curve": [], "eval_history": []}
+    ckpt_dir = out_dir / "checkpoints"
+    last = checkpoint.latest_checkpoint(ckpt_dir)
+    resumed_from = None
+    if last is not None:
+        state, method_tensors, method_meta = checkpoint.load_checkpoint(last, params=named, optimizer=optimizer, scheduler=scheduler)
+        methods.load_method_state(model, method_tensors, method_meta)
+        resumed_from = state["step"]
+        print(f"[adaptflow] resuming from {last} (step {resumed_from}/{total})", flush=True)
+    eval_every = spec.eval_every or per_epoch
+    ckpt_every = spec.checkpoint_every or max(10, total // 5)
+    stream = micro_batches(data.train.examples, spec.batch_size, spec.seed, packed, spec.max_seq_len, pad_id,
+                           start=(state["epoch"], state["index"]))
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {behavior.adapter.method}", unit="step", dynamic_ncols=True)
+    run_tokens, run_seconds, first_step = 0, 0.0, state["step"]
+
+    # train
+    model.train()
+    while state["step"] < total:
+        step_start = time.time()
+        batches = [next(stream) for _ in range(spec.grad_accum)]
+        n_targets = sum(b.n_targets for _, _, b in batches)
+        step_loss = 0.0
+        for _, _, batch in batches:
+            loss = batch_loss(model, batch) / max(1, n_targets)
+            extra = methods.extra_loss(model)
+            if extra is not None:
+                loss = loss + extra / spec.grad_accum
+            if not torch.isfinite(loss):
+                _diverged(state, out_dir, last, f"training loss is {loss.item()}", spec)
+            loss.backward()
+            step_loss += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            _diverged(state, out_dir, last, f"gradient norm is {grad_norm.item()}", spec)
+        optimizer.step()
+        methods.after_optimizer_step(model, state["step"] + 1)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        epoch, index, _ = batches[-1]
+        state.update(step=state["step"] + 1, epoch=epoch, index=index + 1)
+        tokens = sum(b.n_tokens for _, _, b in batches)
+        run_tokens, run_seconds = run_tokens + tokens, run_seconds + time.time() - step_start
+        state["tokens"] += tokens
+        state["train_seconds"] += time.time() - step_start
+        state["loss_curve"].append([state["step"], step_loss])
+        step = state["step"]
+        if data.eval is not None and (step % eval_every == 0 or step == total):
+            state["eval_history"].append([step, evaluate_loss(model, data.eval, spec, packed, pad_id)])
+            bar.write(f"[adaptflow] step {step}/{total}: train loss {step_loss:.4f}, eval loss {state['eval_history'][-1][1]:.4f}")
+        if step % ckpt_every == 0 or step == total:
+            method_tensors, method_meta = methods.method_state(model)
+            last = checkpoint.save_checkpoint(ckpt_dir, step, params=named, optimizer=optimizer, scheduler=scheduler,
+                                              trainer_state=state, method_tensors=method_tensors, method_meta=method_meta)
+            _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
+        metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": run_tokens / max(run_seconds, 1e-9),
+                   "epoch": epoch + (index + 1) / math.ceil(len(data.train) / spec.batch_size),
+                   "eval_loss": state["eval_history"][-1][1] if state["eval_history"] else None,
+                   "eta_s": (total - step) * (time.time() - started) / (step - first_step)}
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        bar.update(1)
+        if progress is not None:
+            progress(step, total, metrics)
+    bar.close()
+
+    # check and save
+    generation = generation_check(model, model, tokenizer, prompts, base_outputs=base_outputs)
+    adapter_dir = out_dir / "adapter"
+    tmp = out_dir / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    methods.save_adapter(model, behavior.adapter, tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(tmp, adapter_dir)
+    trainable, all_params = methods.count_parameters(model)
+    record = TrainRecord(
+        method=behavior.adapter.method, seed=spec.seed, steps=total, epochs=total / per_epoch,
+        batching="packed" if packed else "grouped", trainable_params=trainable, total_params=all_params,
+        trainable_pct=100 * trainable / all_params, adapter_bytes=_dir_bytes(adapter_dir),
+        wall_seconds=time.time() - started, train_seconds=state["train_seconds"], train_tokens=state["tokens"],
+        tokens_per_second=state["tokens"] / max(state["train_seconds"], 1e-9), peak_rss_mb=peak_rss_mb(),
+        final_loss=state["loss_curve"][-1][1] if state["loss_curve"] else None,
+        final_eval_loss=state["eval_history"][-1][1] if state["eval_history"] else None,
+        resumed_from_step=resumed_from, loss_curve=state["loss_curve"], eval_history=state["eval_history"],
+        data={"train": data.train.stats.to_dict(), "eval": data.eval.stats.to_dict() if data.eval else None},
+        generation=generation,
+    )
+    _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
+    _write_json(out_dir / "train_record.json", record.to_dict())
+    return record
+
+
+def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec) -> None:
+    _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
+                                           "diverged_at_step": state["step"] + 1})
+    kept = f"kept the last good checkpoint {last}" if last else "no checkpoint had been written yet"
+    raise TrainingDivergedError(
+        f"step {state['step'] + 1}: {what}; the run stopped and {kept}. Lower training.lr (now {spec.lr}) "
+        "or training.max_grad_norm, or check the data, then run again"
+    )
+
+
+def train_task(task: TaskSpec, out_dir: Path, *, progress: Progress | None = None) -> TrainRecord:
+    """Spec -> adapter: check and tokenize the data with the tokenizer alone, then load the model and train."""
+    from components.models import load_model, load_tokenizer, resolve_model
+
+    if task.behavior is None:
+        raise DataError(f"spec '{task.name}' has no `behavior:` section; add one to train an adapter")
+    resolved = resolve_model(task.base_model)
+    tokenizer = load_tokenizer(task.base_model, resolved)
+    data = prepare_data(task.behavior, tokenizer)  # bad data fails here, before the model is loaded
+    model = load_model(task.base_model, resolved)
+    return train(model, tokenizer, task.behavior, out_dir, progress=progress, data=data)
