@@ -101,14 +101,29 @@ def builtin_model_dir(name: str = BUILTIN_MODEL, verify: bool = True) -> Path:
         if not (target / MARKER).exists():
             shutil.rmtree(target, ignore_errors=True)
             _convert_gguf(gguf, target)
-        elif verify:
-            marker = json.loads((target / MARKER).read_text())
-            actual = sha256_file(target / "model.safetensors")
-            if actual != marker["weights_sha256"]:
-                print(f"[adaptflow] {target} failed its hash check; converting again", flush=True)
-                shutil.rmtree(target)
-                _convert_gguf(gguf, target)
+        elif verify and not _hash_ok(target):
+            print(f"[adaptflow] {target} failed its hash check; converting again", flush=True)
+            shutil.rmtree(target)
+            _convert_gguf(gguf, target)
     return target
+
+
+def _hash_ok(target: Path) -> bool:
+    """sha256 of the cached weights against the marker; a (size, mtime) stamp of the last good check
+    skips re-hashing an untouched file (git's index does the same), any write to it forces a full check."""
+    marker = json.loads((target / MARKER).read_text())
+    weights = target / "model.safetensors"
+    stat = weights.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    if marker.get("verified_stat") == stamp:
+        return True
+    if sha256_file(weights) != marker["weights_sha256"]:
+        return False
+    marker["verified_stat"] = stamp
+    tmp = target / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(marker, indent=2))
+    os.replace(tmp, target / MARKER)
+    return True
 
 
 def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
