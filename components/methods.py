@@ -187,7 +187,7 @@ def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
                 f"adapter.method '{adapter.method}' trains base weights, which cannot be 4/8-bit; "
                 "remove base_model.quantization or use method 'qlora'"
             )
-        return _select_weights(model, built, adapter)
+        return _select_weights(model, built)
     if isinstance(adapter, QLoraSpec) and not is_quantized(model) and not ctx.counting:
         raise ValueError(
             "adapter.method is 'qlora' but the base model is not quantized; "
@@ -200,7 +200,7 @@ def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
     return peft_model
 
 
-def _select_weights(model, selection: WeightSelection, adapter: AdapterSpec):
+def _select_weights(model, selection: WeightSelection):
     names = []
     for name, param in model.named_parameters():
         param.requires_grad_(selection.selects(name))

@@ -8,7 +8,7 @@ here; its translation to peft lives in `components.methods` (one place, STYLE.md
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -208,7 +208,9 @@ class TrainingSpec(Strict):
     eval_every: int | None = Field(None, ge=1, description="steps; default: once per epoch")
     checkpoint_every: int | None = Field(None, ge=1, description="steps; default: max(10, total/5)")
     max_grad_norm: float = Field(1.0, gt=0)
-    packing: bool = True
+    packing: bool = Field(
+        False, description="pack examples into max_seq_len rows; default groups by length (measured faster here)"
+    )
 
 
 class BehaviorSpec(Strict):
@@ -334,6 +336,22 @@ class EvaluationSpec(Strict):
         return gates
 
 
+# --- compare: one spec, several adapter variants ---------------------------------------------
+
+ADAPTER_METHODS: tuple[str, ...] = tuple(c.model_fields["method"].default for c in get_args(get_args(AdapterSpec)[0]))
+MethodName = Literal[ADAPTER_METHODS]  # type: ignore[valid-type]
+
+
+class CompareSpec(Strict):
+    """`adaptflow compare`: the behavior half once per variant, then one variant chosen (docs/compare.md)."""
+
+    methods: list[MethodName] = Field([], description="each on its defaults; the spec's own method on the spec's adapter")
+    variants: list[AdapterSpec] = Field([], description="adapter overrides, e.g. {method: lora, r: 4}")
+    select: Literal["best_score", "smallest_passing"] = Field(
+        "best_score", description="smallest_passing: fewest trainable parameters among variants passing the gates"
+    )
+
+
 # --- the task --------------------------------------------------------------------------------
 
 
@@ -344,6 +362,7 @@ class TaskSpec(Strict):
     behavior: BehaviorSpec | None = None
     knowledge: KnowledgeSpec | None = None
     evaluation: EvaluationSpec | None = None
+    compare: CompareSpec | None = None
 
     @model_validator(mode="after")
     def _sections_match_goal(self) -> TaskSpec:
@@ -357,6 +376,11 @@ class TaskSpec(Strict):
         if self.goal == "auto" and self.behavior is None and self.knowledge is None:
             raise ValueError("goal is 'auto' but neither `behavior:` nor `knowledge:` is declared; add one of them")
         self._check_quantization()
+        if self.compare is not None and self.behavior is None:
+            raise ValueError(
+                "compare is declared but the `behavior:` section is missing (compare varies behavior.adapter); "
+                "add behavior or remove compare"
+            )
         return self
 
     def _check_quantization(self) -> None:

@@ -70,10 +70,13 @@ def loaded_name(ref: str) -> str:
 def all_deployments() -> list:
     # Module-path entrypoints: the runner re-imports flows.deployments from the installed package,
     # whatever folder `adaptflow ui` was started in.
+    from flows.compare import deployment as compare_deployment  # it imports this module: import it late
+
     module = {"entrypoint_type": EntrypointType.MODULE_PATH}
     return [
         adapt_ui.to_deployment(name="adapt", description="Run a spec end to end: train, index, evaluate, register",
                                **module),
         evaluate_registered.to_deployment(name="evaluate", description="Re-evaluate a registered system", **module),
         query_registered.to_deployment(name="query", description="Ask a registered system a question", **module),
+        compare_deployment(),
     ]

@@ -13,7 +13,6 @@ from components.spec import TaskSpec
 from components.stages import StageStore, code_version, digest, path_digest
 
 
-
 def store() -> StageStore:
     """The stage store, read from the environment at call time ($ADAPTFLOW_STAGES or $ADAPTFLOW_HOME/stages)."""
     return StageStore()

@@ -42,16 +42,21 @@ def decide_route(spec: TaskSpec) -> Route:
     return decision
 
 
-@task(name="train-adapter", cache_policy=NONE)
-def train_adapter(spec: TaskSpec, key: str) -> Path:
+def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
+    """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process)."""
     from components.models import load_model, load_tokenizer, resolve_model
     from components.train import train
 
     resolved = resolve_model(spec.base_model)
     model, tokenizer = load_model(spec.base_model, resolved), load_tokenizer(spec.base_model, resolved)
     work = store().work("train", key)
-    record = train(model, tokenizer, spec.behavior, work, progress=artifacts.Progress("training", f"train-{spec.name}"))
+    record = train(model, tokenizer, spec.behavior, work, progress=progress)
     return store().commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
+
+
+@task(name="train-adapter", cache_policy=NONE)
+def train_adapter(spec: TaskSpec, key: str) -> Path:
+    return train_into_store(spec, key, artifacts.Progress("training", f"train-{spec.name}"))
 
 
 @task(name="build-index", cache_policy=NONE)
@@ -114,7 +119,8 @@ def evaluation_flow_stage(spec, decision, trained, indexed) -> StageResult:
 
 @task(name="register", cache_policy=NONE)
 def register(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
-             evaluated: StageResult):
+             evaluated: StageResult, aliases: list[str] | None = None, extra: dict | None = None):
+    """Publish the stages' outputs as `spec.name`; `aliases` default to latest + promote_to, `extra` joins the manifest."""
     import json
 
     from components.gates import evaluate_gates
@@ -137,7 +143,8 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
             volatile={"efficiency": report.get("efficiency", {}), "eval_seconds": report.get("eval_seconds")},
         )
         manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, evaluated) if s}
-        aliases = ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
+        manifest |= extra or {}
+        aliases = aliases or ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
         version = Registry().publish(spec.name, staging, manifest, aliases=aliases)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

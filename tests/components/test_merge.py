@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from components.merge import merge_adapter

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama
 from safetensors.torch import load_file
 
 from components import checkpoint
@@ -38,7 +38,7 @@ def behavior(data_file: Path, **training) -> BehaviorSpec:
         "data": {"train": str(data_file), "eval": str(data_file)},
         "adapter": {"method": "lora", "r": 4, "dropout": 0.1},  # dropout: the RNG state must resume too
         "training": {"max_steps": 6, "batch_size": 2, "grad_accum": 2, "lr": 0.01, "checkpoint_every": 2,
-                     "eval_every": 3, "seed": 3, **training},
+                     "eval_every": 3, "seed": 3, "packing": True, **training},
     })
 
 
@@ -51,23 +51,34 @@ class Killed(Exception):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tokenizer, data_file):
-    out = tmp_path_factory.mktemp("full-run")
-    calls = []
-    record = train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file), out,
-                   progress=lambda step, total, metrics: calls.append((step, total, metrics)))
-    return out, record, calls
+def runs(tmp_path_factory, tokenizer, data_file):
+    """Uninterrupted runs, packed and length-grouped: (out_dir, record, progress calls)."""
+    out = {}
+    for packing in (True, False):
+        folder, calls = tmp_path_factory.mktemp(f"full-run-{packing}"), []
+        record = train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file, packing=packing), folder,
+                       progress=lambda step, total, metrics, calls=calls: calls.append((step, total, metrics)))
+        out[packing] = folder, record, calls
+    return out
 
 
+@pytest.fixture
+def uninterrupted(runs):
+    return runs[True]
+
+
+@pytest.mark.parametrize("packing", [True, False])
 def test_killed_run_resumes_from_the_last_complete_checkpoint_to_the_same_adapter(
-    tmp_path, tokenizer, data_file, uninterrupted
+    tmp_path, tokenizer, data_file, runs, packing
 ):
+    uninterrupted = runs[packing]
+
     def kill_at_5(step, total, metrics):
         if step == 5:
             raise Killed
 
     with pytest.raises(Killed):
-        train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file), tmp_path, progress=kill_at_5)
+        train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file, packing=packing), tmp_path, progress=kill_at_5)
     ckpts = tmp_path / "checkpoints"
     assert [p.name for p in checkpoint.complete_checkpoints(ckpts)] == ["step-000002", "step-000004"]
     torn = ckpts / "step-000005"  # killed while writing: no complete.json
@@ -78,7 +89,7 @@ def test_killed_run_resumes_from_the_last_complete_checkpoint_to_the_same_adapte
     (corrupt / "trainable.safetensors").write_bytes(b"x")
     (corrupt / "complete.json").write_text(json.dumps({"step": 6, "files": {"trainable.safetensors": "0" * 64}}))
 
-    record = train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file), tmp_path)
+    record = train(make_tiny_llama(tokenizer), tokenizer, behavior(data_file, packing=packing), tmp_path)
     assert record.resumed_from_step == 4 and record.steps == 6
     expected, got = adapter_tensors(uninterrupted[0]), adapter_tensors(tmp_path)
     assert expected.keys() == got.keys()
@@ -96,8 +107,8 @@ def test_same_seed_twice_gives_identical_adapter_bytes(tmp_path, tokenizer, data
     assert (other / "adapter" / "adapter_model.safetensors").read_bytes() != first
 
 
-def test_record_metrics_and_progress(uninterrupted):
-    out, record, calls = uninterrupted
+def test_record_metrics_and_progress(runs):
+    out, record, calls = runs[True]
     assert [c[0] for c in calls] == [1, 2, 3, 4, 5, 6] and all(c[1] == 6 for c in calls)
     assert {"loss", "lr", "tokens_per_s", "eval_loss", "eta_s"} <= set(calls[-1][2]) and calls[-1][2]["eta_s"] == 0
     saved = json.loads((out / "train_record.json").read_text())
@@ -106,7 +117,7 @@ def test_record_metrics_and_progress(uninterrupted):
         assert key in saved
     assert [s for s, _ in record.eval_history] == [3, 6] and saved["seed"] == 3
     assert json.loads((out / "metrics.json").read_text())["loss_curve"] == saved["loss_curve"]
-    assert record.batching == "packed" and record.tokens_per_second > 0
+    assert record.batching == "packed" and runs[False][1].batching == "grouped" and record.tokens_per_second > 0
     assert 0 < record.trainable_pct < 100
 
 

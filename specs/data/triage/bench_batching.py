@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
@@ -41,7 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", default=str(ROOT / "specs/support-triage.yaml"))
     parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     task = load_spec(args.spec, workspace=ROOT)
     spec = task.behavior.training
     tokenizer = load_tokenizer(task.base_model)
@@ -76,6 +81,7 @@ def main() -> None:
     }
     report["max_loss_diff_packed_vs_padded"] = worst
     report["batch_size"], report["max_seq_len"], report["batches"] = spec.batch_size, spec.max_seq_len, args.batches
+    report["threads"] = torch.get_num_threads()
     print(json.dumps(report, indent=2))
 
 
