@@ -10,7 +10,6 @@ a torn one (killed mid-write, truncated, edited) is reported and skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,15 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.models import sha256_file
+
 PREFIX, COMPLETE = "step-", "complete.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -111,7 +104,7 @@ def save_checkpoint(
     _write_json(tmp / "scheduler.json", scheduler.state_dict())
     _write_json(tmp / "trainer_state.json", {**trainer_state, "python_rng": _python_rng()})
     _write_json(tmp / "method.json", method_meta or {})
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     for name in files:
         _fsync(tmp / name)
     _write_json(tmp / COMPLETE, {"step": step, "files": files})
@@ -129,7 +122,7 @@ def is_complete(folder: Path) -> bool:
         return False
     try:
         files = json.loads(marker.read_text())["files"]
-        return all((folder / n).exists() and _sha256(folder / n) == h for n, h in files.items())
+        return all((folder / n).exists() and sha256_file(folder / n) == h for n, h in files.items())
     except (OSError, ValueError, KeyError):
         return False
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from components.merge import merge_adapter
@@ -15,6 +14,7 @@ from components.methods import load_adapter
 from components.models import load_model
 from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec
 from components.train import train
+from tests.conftest import make_tiny_llama
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from tests.conftest import make_tiny_llama
 from peft import PeftModel
 from pydantic import TypeAdapter
 from transformers import AutoModelForCausalLM
@@ -22,6 +21,7 @@ from components.methods import (
 from components.models import load_model
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, LoraSpec, QuantizationSpec
 from components.train import GenerationCheckError, generation_check, train
+from tests.conftest import make_tiny_llama
 
 ADAPTERS = TypeAdapter(AdapterSpec)
 METHODS = ["lora", "dora", "qlora", "adalora", "ia3", "loha", "lokr", "prompt_tuning", "p_tuning",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import make_tiny_llama
 from safetensors.torch import load_file
 
 from components import checkpoint
 from components.spec import BehaviorSpec, TrainingSpec
 from components.train import TrainingDivergedError, lr_factor, train
+from tests.conftest import make_tiny_llama
 
 
 @pytest.fixture(autouse=True, scope="module")
