@@ -45,12 +45,12 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
 
 
 def train_key(spec: TaskSpec) -> str:
-    from components import data, methods, train
+    from components import batching, checkpoint, data, methods, train
 
     base = resolve_model(spec.base_model, verify=False)
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("behavior.")}
     return digest("train", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(spec.behavior),
-                  hashes, code_version(data, methods, train))
+                  hashes, code_version(batching, checkpoint, data, methods, train))
 
 
 def _package_modules(package) -> list:

@@ -45,12 +45,14 @@ def decide_route(spec: TaskSpec) -> Route:
 def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
     """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process)."""
     from components.models import load_model, load_tokenizer, resolve_model
-    from components.train import train
+    from components.train import prepare_data, train
 
     resolved = resolve_model(spec.base_model)
-    model, tokenizer = load_model(spec.base_model, resolved), load_tokenizer(spec.base_model, resolved)
+    tokenizer = load_tokenizer(spec.base_model, resolved)
+    data = prepare_data(spec.behavior, tokenizer)  # bad data fails here, before the model loads
+    model = load_model(spec.base_model, resolved)
     work = store().work("train", key)
-    record = train(model, tokenizer, spec.behavior, work, progress=progress)
+    record = train(model, tokenizer, spec.behavior, work, progress=progress, data=data)
     return store().commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
 
 
