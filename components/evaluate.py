@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from components.metrics import aggregate, contains_answer, exact_match, label_accuracy, percentile, token_f1
 from components.prompting import with_context
@@ -33,11 +36,27 @@ class EvalItem:
     query: str  # what retrieval searches for
     answer: str
     doc_ids: list[str]
+    alternatives: tuple[str, ...] = ()  # other acceptable answers ("3.2 kilometers" for "3.2 kilometres")
+
+    @property
+    def golds(self) -> list[str]:
+        return [self.answer, *self.alternatives]
+
+
+def _answers(value: object, where: str) -> list[str]:
+    """`answer`: one string, or a list of acceptable answers with the preferred one first (SQuAD-style)."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(a, str | int | float) and str(a).strip() for a in value):
+            raise EvalDataError(f"{where}: 'answer' is a list, so it must hold non-empty strings; "
+                                "give one answer or a list of acceptable ones")
+        return [str(a) for a in value]
+    return [str(value)]
 
 
 def _item_from_row(row: dict, where: str) -> EvalItem:
     if "answer" not in row:
         raise EvalDataError(f"{where}: missing field 'answer'; every evaluation row needs the expected answer")
+    answers = _answers(row["answer"], where)
     if "messages" in row:
         msgs = [m for m in row["messages"] if m["role"] != "assistant"]
     elif "question" in row:
@@ -45,7 +64,7 @@ def _item_from_row(row: dict, where: str) -> EvalItem:
     else:
         raise EvalDataError(f"{where}: needs 'question' or 'messages'; add one of them")
     query = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
-    return EvalItem(msgs, query, str(row["answer"]), list(row.get("doc_ids", [])))
+    return EvalItem(msgs, query, answers[0], list(row.get("doc_ids", [])), tuple(answers[1:]))
 
 
 def load_eval_items(spec: TaskSpec) -> list[EvalItem]:
@@ -92,15 +111,17 @@ def arms_for(route_behavior: bool, route_knowledge: bool) -> list[str]:
     return arms
 
 
-def score_arm(system, items: list[EvalItem], arm: str, labels: set[str] | None) -> tuple[dict, list[dict]]:
+def score_arm(system, items: list[EvalItem], arm: str, labels: set[str] | None,
+              on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
     use_adapter, use_retrieval = arm.startswith("adapter"), arm.endswith("+retrieval")
     hits = [system.retrieve(i.query) for i in items] if use_retrieval else [[] for _ in items]
     prompts = [with_context(i.messages, [(h.title, h.text) for h in hs]) for i, hs in zip(items, hits, strict=True)]
-    preds = system.generate(prompts, use_adapter=use_adapter)
+    preds = system.generate(prompts, use_adapter=use_adapter, on_batch=on_batch)
     rows = []
     for item, pred, hs in zip(items, preds, hits, strict=True):
-        row = {"prediction": pred, "answer": item.answer, "exact_match": exact_match(pred, item.answer),
-               "answer_f1": token_f1(pred, item.answer), "contains_answer": contains_answer(pred, item.answer)}
+        golds = item.golds
+        row = {"prediction": pred, "answer": item.answer, "exact_match": exact_match(pred, golds),
+               "answer_f1": token_f1(pred, golds), "contains_answer": contains_answer(pred, golds)}
         if labels is not None:
             row["accuracy"] = label_accuracy(pred, item.answer, labels)
         if use_retrieval:
@@ -156,15 +177,27 @@ def main_arm(arms: list[str]) -> str:
     return arms[-1]
 
 
-def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_record: dict | None = None) -> dict:
-    """Run every arm, forgetting and latency; write report.json, report.md, loss.png; return the report."""
+def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_record: dict | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run every arm, forgetting and latency; write report.json, report.md, loss.png; return the report.
+
+    Progress shows on the terminal (one bar per arm) and goes to `progress(done, total)` over all arms.
+    """
     items = load_eval_items(spec)
     labels = label_set(items)
     t0 = time.perf_counter()
     report: dict = {"arms": {}, "items": len(items), "label_set": sorted(labels) if labels else None}
     samples = {}
-    for arm in arms:
-        report["arms"][arm], rows = score_arm(system, items, arm, labels)
+    total = len(items) * len(arms)
+    for n, arm in enumerate(arms):
+        with tqdm(total=len(items), desc=f"evaluate {arm}", unit="item", dynamic_ncols=True) as bar:
+            def on_batch(done: int, _total: int, n: int = n, bar=bar) -> None:
+                bar.update(done - bar.n)
+                if progress is not None:
+                    progress(n * len(items) + done, total)
+
+            report["arms"][arm], rows = score_arm(system, items, arm, labels, on_batch)
+            bar.set_postfix({k: round(v, 3) for k, v in report["arms"][arm].items()})
         samples[arm] = rows[:5]
     main = main_arm(arms)
     report["main_arm"] = main

@@ -20,7 +20,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,14 +134,22 @@ def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0) -> dict:
 
 
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
-                   temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
-    """Batched, left-padded generation (greedy by default); returns the new text of each prompt."""
+                   temperature: float = 0.0, top_p: float = 1.0,
+                   on_batch: Callable[[int, int], None] | None = None) -> list[str]:
+    """Batched, left-padded generation (greedy by default); returns the new text of each prompt, in order.
+
+    Prompts are batched by token length so a batch pads to similar lengths (retrieval prompts vary by
+    hundreds of tokens); `on_batch(done, total)` reports progress after each batch.
+    """
     import torch
 
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.inference_mode():
             out = model.generate(
@@ -149,7 +157,10 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
                 **sampling_kwargs(temperature, top_p),
             )
         new = out[:, enc["input_ids"].shape[1]:]
-        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+            outputs[i] = text.strip()
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)), len(order))
     return outputs
 
 
@@ -273,7 +284,8 @@ class System:
             return self.retriever.search(question, k or self.top_k)
 
     def generate(self, batch: list[list[dict]], *, use_adapter: bool = True, max_new_tokens: int | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+                 temperature: float = 0.0, top_p: float = 1.0,
+                 on_batch: Callable[[int, int], None] | None = None) -> list[str]:
         """Answers to already-contextualised message lists (the evaluation's batched path)."""
         from components.data import render_prompt
 
@@ -283,7 +295,7 @@ class System:
             model, ctx = self._model_for(use_adapter and self.method is not None)
             with ctx:
                 return generate_texts(model, tok, prompts, max_new_tokens or self.max_new_tokens,
-                                      temperature=temperature, top_p=top_p)
+                                      temperature=temperature, top_p=top_p, on_batch=on_batch)
 
     def _prompt(self, messages: list[dict], use_retrieval: bool, top_k: int | None) -> tuple[str, list[Citation]]:
         from components.data import render_prompt

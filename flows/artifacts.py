@@ -46,6 +46,13 @@ class StageProgress(_Throttled):
         self._update(done / max(total, 1))
 
 
+class EvalProgress(_Throttled):
+    """Evaluation callback: progress(done, total) over all arms' items."""
+
+    def __call__(self, done: int, total: int) -> None:
+        self._update(done / max(total, 1))
+
+
 def _loss_image(path: Path) -> str:
     if not path.exists():
         return ""

@@ -110,7 +110,8 @@ def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, 
     record = json.loads((trained.path / "train_record.json").read_text()) if trained else None
     system = System(f"{spec.name}@candidate", spec, adapter, index)
     work = store().work("eval", key)
-    evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record)
+    evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record,
+             progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"))
     return store().commit("eval", key, {})
 
 
