@@ -78,5 +78,5 @@ def test_lore_set_with_builtin_minilm(tmp_path, monkeypatch):
     result = _invoke("index", str(spec_file), "--workspace", str(REPO), "--out", str(tmp_path / "cli"))
     assert result.exit_code == 0, result.output
     assert "(embedded 0, from cache" in result.output  # every chunk came from the embedding cache
-    hit = float(re.search(r"hit@4 (\d\.\d{3})", result.output).group(1))
+    hit = float(re.search(r"hit@\d+ (\d\.\d{3})", result.output).group(1))
     assert hit >= 0.9, result.output
