@@ -22,6 +22,20 @@ from components.spec import ADAPTER_METHODS, AdapterSpec, BaseModelSpec, Quantiz
 DEFAULT_METHODS = ("lora", "qlora", "ia3", "prompt_tuning", "full")
 SCORE_METRICS = ("accuracy", "answer_f1", "contains_answer", "exact_match")  # the first one measured is the score
 WEIGHT_METHODS = {"full", "selective"}  # train base weights: no 4/8-bit base
+
+# Learning rates differ by orders of magnitude between method families (full fine-tuning diverges at
+# a LoRA rate; soft prompts barely move at one). A variant of another family than the spec's own
+# method starts from its family's rate unless `compare.lr` names one; the report lists what was used.
+LR_FAMILIES = {
+    "low-rank": ({"lora", "dora", "qlora", "adalora", "loha", "lokr"}, 2.0e-4),
+    "ia3": ({"ia3"}, 1.0e-2),
+    "prompt": ({"prompt_tuning", "p_tuning", "prefix_tuning"}, 3.0e-2),
+    "weights": (WEIGHT_METHODS, 5.0e-5),
+}
+
+
+def lr_family(method: str) -> str:
+    return next(name for name, (methods, _) in LR_FAMILIES.items() if method in methods)
 SELECT_RULES = ("best_score", "smallest_passing")
 MAX_NAME = 64  # TaskSpec.name's limit, which registry names of variants must also meet
 MAX_ID = 40
@@ -144,9 +158,26 @@ def _variant(spec: TaskSpec, override: AdapterSpec) -> Variant:
     base, note = variant_base_model(spec.base_model, adapter.method)
     data = spec.model_dump(mode="json") | {"name": name, "compare": None, "base_model": base.model_dump(mode="json")}
     data["behavior"]["adapter"] = adapter.model_dump(mode="json")
+    lr, lr_note = variant_lr(spec, adapter.method)
+    data["behavior"]["training"]["lr"] = lr
     source = "behavior.adapter" if spec.behavior.adapter.method == adapter.method else f"{adapter.method}'s defaults"
-    derived = tuple(n for n in [f"adapter keys not given come from {source}", note] if n)
+    derived = tuple(n for n in [f"adapter keys not given come from {source}", note, lr_note] if n)
     return Variant(vid, TaskSpec.model_validate(data), override.model_dump(mode="json", exclude_unset=True), derived)
+
+
+def variant_lr(spec: TaskSpec, method: str) -> tuple[float, str | None]:
+    """(learning rate, note): compare.lr[method] if given; the spec's own rate within its method's family;
+    otherwise the family's default, noted so the report says where the number came from."""
+    own = spec.behavior.training.lr
+    chosen = (spec.compare.lr if spec.compare is not None else {}).get(method)
+    if chosen is not None:
+        return chosen, f"training.lr: {chosen:g} (compare.lr.{method})"
+    family = lr_family(method)
+    if family == lr_family(spec.behavior.adapter.method):
+        return own, None
+    default = LR_FAMILIES[family][1]
+    return default, (f"training.lr: {default:g} ({family} methods' default; the spec's {own:g} is for "
+                     f"{spec.behavior.adapter.method}; set compare.lr.{method} to change it)")
 
 
 def parallel_slots(n_variants: int, cpus: int, available_mb: float, per_variant_mb: float,

@@ -350,6 +350,17 @@ class CompareSpec(Strict):
     select: Literal["best_score", "smallest_passing"] = Field(
         "best_score", description="smallest_passing: fewest trainable parameters among variants passing the gates"
     )
+    lr: dict[MethodName, float] = Field(
+        {}, description="learning rate per method, e.g. {full: 5.0e-5}; default: the spec's lr within its method's "
+        "family, else the family's rate (low-rank 2e-4, ia3 1e-2, prompt 3e-2, full/selective 5e-5)"
+    )
+
+    @model_validator(mode="after")
+    def _positive_lr(self) -> CompareSpec:
+        bad = {m: v for m, v in self.lr.items() if not v > 0}
+        if bad:
+            raise ValueError(f"compare.lr must be positive; got {bad}")
+        return self
 
 
 # --- the task --------------------------------------------------------------------------------

@@ -94,10 +94,15 @@ def run_child(spec: TaskSpec, stage_keys: dict[str, str | None], threads: int | 
     with log.open("w") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                                env=_child_env(threads)) as child:
         for line in child.stdout:
-            if line.startswith(PROGRESS) and progress is not None:
+            if line.startswith(PROGRESS):
                 info = json.loads(line[len(PROGRESS):])
-                progress(info["step"], info["total"], info)
-            elif not line.startswith(PROGRESS):
+                step, total = info["step"], info["total"]
+                if step == total or step % max(1, total // 10) == 0:  # the terminal sees ~10 lines per variant
+                    loss = info.get("loss")
+                    print(f"[{spec.name}] train step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else ""))
+                if progress is not None:
+                    progress(step, total, info)
+            else:
                 print(f"[{spec.name}] {line.rstrip()}")
     if child.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL:])

@@ -68,6 +68,22 @@ def test_spec_variants_are_overrides_on_the_specs_adapter_or_the_methods_default
     assert [v.id for v in cmp.expand_variants(spec, ["ia3", "lora", "ia3"])] == ["ia3", "lora"]
 
 
+def test_learning_rate_follows_the_method_family_unless_compare_lr_names_one(ws):
+    spec = spec_with(ws)
+    lrs = {v.id: (v.spec.behavior.training.lr, v.derived) for v in cmp.expand_variants(spec)}
+    own = spec.behavior.training.lr
+    assert lrs["lora"] == (own, lrs["lora"][1]) and not any("training.lr" in d for d in lrs["lora"][1])
+    assert lrs["qlora"][0] == own  # same low-rank family: the spec's rate
+    assert (lrs["ia3"][0], lrs["prompt-tuning"][0], lrs["full"][0]) == (1e-2, 3e-2, 5e-5)
+    assert any("training.lr: 5e-05 (weights methods' default" in d for d in lrs["full"][1])
+    chosen = spec_with(ws, "compare:\n  lr: {full: 2.0e-5}\n")
+    full = next(v for v in cmp.expand_variants(chosen) if v.id == "full")
+    assert full.spec.behavior.training.lr == 2e-5 and "training.lr: 2e-05 (compare.lr.full)" in full.derived
+    (ws / "bad.yaml").write_text(SPEC + "compare:\n  lr: {fulll: 1.0e-5}\n")
+    with pytest.raises(SpecError, match="compare.lr"):
+        load_spec(ws / "bad.yaml", workspace=ws)
+
+
 def test_variant_errors_name_the_fix(ws):
     spec = spec_with(ws, "compare:\n  methods: [lora]\n  variants:\n    - {method: lora, r: 8}\n")
     with pytest.raises(cmp.CompareError, match="resolves to the same adapter as 'lora'; remove one"):
