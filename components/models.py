@@ -173,12 +173,78 @@ def load_model(spec: BaseModelSpec, resolved: ResolvedModel | None = None, devic
         kwargs["dtype"] = torch.float32 if device == "cpu" else torch.bfloat16
     else:
         kwargs["dtype"] = torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     if spec.quantization is None:
-        model.to(device)
-    else:
+        return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs).to(device)
+    cache = _quantized_cache_dir(spec, resolved, device, kwargs["quantization_config"])
+    model = _load_quantized_cache(cache, kwargs) if cache is not None else None
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
         _release_checkpoint_mapping(model)
+        if cache is not None:
+            _save_quantized_cache(model, cache)
     return model
+
+
+QUANTIZED_MARKER = "adaptflow-quantized.json"
+
+
+def _quantized_cache_dir(spec: BaseModelSpec, resolved: ResolvedModel, device: str, config) -> Path | None:
+    """Where the quantized copy of these weights lives: keyed by the source weights' hash, the
+    bitsandbytes settings, the device and the library versions. None when the weights have no hash."""
+    if resolved.weights_hash is None or (spec.quantization is not None and spec.quantization.bits != 4):
+        return None
+    import bitsandbytes
+    import transformers
+
+    key = json.dumps([resolved.weights_hash, config.to_dict(), device, transformers.__version__,
+                      bitsandbytes.__version__], sort_keys=True, default=str)
+    return adaptflow_home() / "models" / "quantized" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _load_quantized_cache(folder: Path, kwargs: dict):
+    """The pre-quantized checkpoint, if present and intact; None otherwise (the caller re-quantizes).
+
+    Loading it reads 4-bit weights only: peak RSS of a QLoRA load of the built-in model 1,158 -> ~500 MB,
+    because quantizing on load reads every fp32 page of the source checkpoint (BENCHMARKS.md). Files are
+    re-hashed only when their size or mtime changed since they were written."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        files = json.loads((folder / QUANTIZED_MARKER).read_text())["files"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    for name, want in files.items():
+        path = folder / name
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None
+        unchanged = stat is not None and [stat.st_size, stat.st_mtime_ns] == [want["size"], want["mtime_ns"]]
+        if stat is None or not (unchanged or sha256_file(path) == want["sha256"]):
+            shutil.rmtree(folder, ignore_errors=True)  # torn or altered: quantize again from the source
+            return None
+    load = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "revision")}
+    return AutoModelForCausalLM.from_pretrained(folder, **load)
+
+
+def _save_quantized_cache(model, folder: Path) -> None:
+    """Write the quantized model next to the other caches: temp folder, hash marker, rename (atomic)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        files = {}
+        for path in sorted(tmp.glob("*.safetensors")):
+            stat = path.stat()
+            files[path.name] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if not files:
+            return
+        (tmp / QUANTIZED_MARKER).write_text(json.dumps({"files": files}, indent=1))
+        os.rename(tmp, folder)
+    except OSError:
+        pass  # another process published it first, or the disk is full: the model in memory is fine
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _release_checkpoint_mapping(model) -> None:

@@ -39,3 +39,36 @@ def test_cache_hash_check_catches_a_flipped_bit(builtin_dir, tmp_path):
         fh.seek(4096)
         fh.write(bytes([byte[0] ^ 1]))
     assert not _hash_ok(copy)
+
+
+def test_quantized_copy_is_cached_verified_and_identical(tiny_llama_dir, tokenizer, tmp_path, monkeypatch):
+    """The first 4-bit load writes an NF4 checkpoint under $ADAPTFLOW_HOME; later loads read it (no fp32
+    pass), give the same logits, and an altered cache file is caught and rebuilt from the source weights."""
+    import torch
+
+    from components.spec import QuantizationSpec
+
+    monkeypatch.setenv("ADAPTFLOW_HOME", str(tmp_path))
+    spec = BaseModelSpec(id=str(tiny_llama_dir), quantization=QuantizationSpec(bits=4))
+    ids = tokenizer("Is seven even?", return_tensors="pt")
+
+    def logits(model):
+        with torch.no_grad():
+            return model(**ids).logits
+
+    first = load_model(spec, device="cpu")
+    caches = list((tmp_path / "models" / "quantized").iterdir())
+    assert len(caches) == 1 and (caches[0] / "adaptflow-quantized.json").exists()
+    second = load_model(spec, device="cpu")
+    assert second.config._name_or_path == str(caches[0])  # read from the quantized copy
+    assert second.is_loaded_in_4bit and torch.equal(logits(first), logits(second))
+
+    weights = caches[0] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    third = load_model(spec, device="cpu")  # caught: quantized again from the source, cache rewritten
+    assert third.config._name_or_path != str(caches[0])
+    assert torch.equal(logits(first), logits(third))
+    assert (caches[0] / "adaptflow-quantized.json").exists()
+    assert load_model(spec, device="cpu").config._name_or_path == str(caches[0])
