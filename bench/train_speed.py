@@ -101,9 +101,12 @@ def run_hf_trainer(behavior, out: Path) -> dict:
     model = get_peft_model(model, LoraConfig(r=spec.r, lora_alpha=spec.resolved_alpha, lora_dropout=spec.dropout,
                                              target_modules=spec.target_modules, task_type="CAUSAL_LM"))
     t = behavior.training
+    from components.train import plan_steps
+
+    warmup = int(t.warmup_ratio * plan_steps(len(rows), t)[1])  # the same whole number of steps our loop warms up
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=t.batch_size, num_train_epochs=t.epochs,
-        learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_ratio=t.warmup_ratio, seed=t.seed,
+        learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=warmup, seed=t.seed,
         logging_steps=10, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
     )
