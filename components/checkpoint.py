@@ -19,17 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.models import sha256_file
+from components.registry_files import fsync_path, sha256_file
 
 PREFIX, COMPLETE = "step-", "complete.json"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -106,9 +98,9 @@ def save_checkpoint(
     _write_json(tmp / "method.json", method_meta or {})
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     for name in files:
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     _write_json(tmp / COMPLETE, {"step": step, "files": files})
-    _fsync(tmp / COMPLETE)
+    fsync_path(tmp / COMPLETE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in complete_checkpoints(root)[:-keep]:

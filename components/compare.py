@@ -17,11 +17,18 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from components.spec import ADAPTER_METHODS, AdapterSpec, BaseModelSpec, QuantizationSpec, TaskSpec
+from components.spec import (
+    ADAPTER_METHODS,
+    PROMPT_LEARNING,
+    WEIGHT_METHODS,
+    AdapterSpec,
+    BaseModelSpec,
+    QuantizationSpec,
+    TaskSpec,
+)
 
 DEFAULT_METHODS = ("lora", "qlora", "ia3", "prompt_tuning", "full")
 SCORE_METRICS = ("accuracy", "answer_f1", "contains_answer", "exact_match")  # the first one measured is the score
-WEIGHT_METHODS = {"full", "selective"}  # train base weights: no 4/8-bit base
 
 # Learning rates differ by orders of magnitude between method families (full fine-tuning diverges at
 # a LoRA rate; soft prompts barely move at one). A variant of another family than the spec's own
@@ -29,7 +36,7 @@ WEIGHT_METHODS = {"full", "selective"}  # train base weights: no 4/8-bit base
 LR_FAMILIES = {
     "low-rank": ({"lora", "dora", "qlora", "adalora", "loha", "lokr"}, 2.0e-4),
     "ia3": ({"ia3"}, 1.0e-2),
-    "prompt": ({"prompt_tuning", "p_tuning", "prefix_tuning"}, 3.0e-2),
+    "prompt": (PROMPT_LEARNING, 3.0e-2),
     "weights": (WEIGHT_METHODS, 5.0e-5),
 }
 

@@ -109,12 +109,11 @@ def builtin_model_dir(name: str = BUILTIN_MODEL, verify: bool = True) -> Path:
 
 
 def _hash_ok(target: Path) -> bool:
-    """sha256 of the cached weights against the marker; a (size, mtime) stamp of the last good check
+    """sha256 of the cached weights against the marker; a (size, mtime, inode) stamp of the last good check
     skips re-hashing an untouched file (git's index does the same), any write to it forces a full check."""
     marker = json.loads((target / MARKER).read_text())
     weights = target / "model.safetensors"
-    stat = weights.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    stamp = _stat_stamp(weights)
     if marker.get("verified_stat") == stamp:
         return True
     if sha256_file(weights) != marker["weights_sha256"]:
@@ -124,6 +123,19 @@ def _hash_ok(target: Path) -> bool:
     tmp.write_text(json.dumps(marker, indent=2))
     os.replace(tmp, target / MARKER)
     return True
+
+
+def _stat_stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _matches(path: Path, sha256: str | None, stamp: list[int] | None) -> bool:
+    """The file has this sha256: trusted without reading it when its stat stamp is the recorded one."""
+    try:
+        return _stat_stamp(path) == stamp or sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
@@ -191,7 +203,7 @@ QUANTIZED_MARKER = "adaptflow-quantized.json"
 def _quantized_cache_dir(spec: BaseModelSpec, resolved: ResolvedModel, device: str, config) -> Path | None:
     """Where the quantized copy of these weights lives: keyed by the source weights' hash, the
     bitsandbytes settings, the device and the library versions. None when the weights have no hash."""
-    if resolved.weights_hash is None or (spec.quantization is not None and spec.quantization.bits != 4):
+    if resolved.weights_hash is None or spec.quantization.bits != 4:
         return None
     import bitsandbytes
     import transformers
@@ -213,16 +225,9 @@ def _load_quantized_cache(folder: Path, kwargs: dict):
         files = json.loads((folder / QUANTIZED_MARKER).read_text())["files"]
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    for name, want in files.items():
-        path = folder / name
-        try:
-            stat = path.stat()
-        except OSError:
-            stat = None
-        unchanged = stat is not None and [stat.st_size, stat.st_mtime_ns] == [want["size"], want["mtime_ns"]]
-        if stat is None or not (unchanged or sha256_file(path) == want["sha256"]):
-            shutil.rmtree(folder, ignore_errors=True)  # torn or altered: quantize again from the source
-            return None
+    if not all(_matches(folder / name, want.get("sha256"), want.get("stat")) for name, want in files.items()):
+        shutil.rmtree(folder, ignore_errors=True)  # torn, altered or an older format: quantize again from the source
+        return None
     load = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "revision")}
     return AutoModelForCausalLM.from_pretrained(folder, **load)
 
@@ -233,10 +238,8 @@ def _save_quantized_cache(model, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
         model.save_pretrained(tmp)
-        files = {}
-        for path in sorted(tmp.glob("*.safetensors")):
-            stat = path.stat()
-            files[path.name] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        files = {path.name: {"sha256": sha256_file(path), "stat": _stat_stamp(path)}  # a rename keeps the stamp
+                 for path in sorted(tmp.glob("*.safetensors"))}
         if not files:
             return
         (tmp / QUANTIZED_MARKER).write_text(json.dumps({"files": files}, indent=1))

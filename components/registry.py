@@ -44,7 +44,7 @@ from components.registry_files import (
     atomic_write_json,
     content_digest,
     copy_tree_hashed,
-    fsync_dir,
+    fsync_path,
     hash_tree,
     read_json,
     sha256_file,
@@ -211,11 +211,11 @@ class Registry:
         full = {"version": number, "name": name, "created_at": created_at, "content_digest": digest, **data}
         full["files"] = full.pop("files")  # keep the long list at the end of the file
         write_json_durable(tmp / MANIFEST, full)
-        fsync_dir(tmp)
+        fsync_path(tmp)
         if final.exists():
             raise RegistryError(f"{final} already exists although it is not the highest version; remove the stray folder")
         os.rename(tmp, final)
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
         moved = self._move_aliases_locked(name, number, aliases, full)
         return Version(name, number, final, full, created=True, moved_aliases=moved)
 

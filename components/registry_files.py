@@ -17,6 +17,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from components.models import sha256_file
+
 
 class RegistryError(Exception):
     """A registry operation failed: unknown name/version/alias, bad input, a refused promotion."""
@@ -41,14 +43,6 @@ DIGEST_EXCLUDED = frozenset({*ASSIGNED_KEYS, "volatile"})
 VOLATILE_FILE = "volatile"  # what a file matched by `volatile_files` contributes to the digest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def walk_files(root: Path) -> list[str]:
     """Every file under `root` as sorted POSIX relative paths (empty folders are not content)."""
     found: list[str] = []
@@ -71,9 +65,9 @@ def hash_tree(root: Path) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in walk_files(root)}
 
 
-def fsync_dir(path: Path) -> None:
-    # Directory fsync persists the entries (new names, renames); not available on Windows.
-    if os.name != "posix":
+def fsync_path(path: Path) -> None:
+    """fsync a file (its bytes) or a folder (its entries: new names, renames; not available on Windows)."""
+    if os.name != "posix" and Path(path).is_dir():
         return
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -102,7 +96,7 @@ def copy_tree_hashed(src: Path, dst: Path) -> dict[str, str]:
             os.fsync(fout.fileno())
         hashes[rel] = digest.hexdigest()
     for dirpath, _, _ in sorted(os.walk(dst), key=lambda t: -len(t[0])):
-        fsync_dir(Path(dirpath))
+        fsync_path(Path(dirpath))
     return hashes
 
 
@@ -129,7 +123,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def read_json(path: Path) -> Any:

@@ -192,6 +192,7 @@ AdapterSpec = Annotated[
     Field(discriminator="method"),
 ]
 PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning"}
+WEIGHT_METHODS = {"full", "selective"}  # train base tensors: no 4/8-bit base, a private copy when served
 
 
 class TrainingSpec(Strict):
@@ -402,7 +403,7 @@ class TaskSpec(Strict):
                 "behavior.adapter.method is 'qlora' but base_model.quantization is missing; "
                 "add `quantization: {bits: 4}` under base_model or use method 'lora'"
             )
-        if method in {"full", "selective"} and quant is not None:
+        if method in WEIGHT_METHODS and quant is not None:
             raise ValueError(
                 f"behavior.adapter.method '{method}' trains base weights, which cannot be 4/8-bit; "
                 "remove base_model.quantization or use method 'qlora'"

@@ -26,9 +26,8 @@ from pathlib import Path
 
 from components.models import ResolvedModel, load_model, load_tokenizer, resolve_model
 from components.prompting import last_user_text, question_messages, with_context
-from components.spec import PROMPT_LEARNING, BaseModelSpec, TaskSpec
+from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, BaseModelSpec, TaskSpec
 
-WEIGHT_METHODS = {"full", "selective"}  # change base tensors: a private copy of the base
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_weights.safetensors")
 SNIPPET_CHARS = 240
 

@@ -41,7 +41,7 @@ from components.data import (
     render_prompt,
     tokenize_examples,
 )
-from components.spec import PROMPT_LEARNING, BehaviorSpec, TaskSpec, TrainingSpec
+from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, BehaviorSpec, TaskSpec, TrainingSpec
 
 Progress = Callable[[int, int, dict], None]
 GENERATION_PROMPTS = 4
@@ -257,7 +257,7 @@ def train(
     packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING  # soft prompts are per row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [prompt_messages(e) for e in (data.eval_examples or data.train_examples)[:GENERATION_PROMPTS]]
-    weights_method = behavior.adapter.method in {"selective", "full"}
+    weights_method = behavior.adapter.method in WEIGHT_METHODS
     base_outputs = greedy(model, tokenizer, prompts) if weights_method else None  # the base changes in place
 
     # setup: method, optimizer, schedule, resume

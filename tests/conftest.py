@@ -86,3 +86,15 @@ def make_tiny_embedder_dir(folder: Path, seed: int = 0, hidden: int = 32) -> Pat
 @pytest.fixture(scope="session")
 def tiny_embedder_dir(tmp_path_factory) -> Path:
     return make_tiny_embedder_dir(tmp_path_factory.mktemp("tiny-embedder"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster on a busy machine (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

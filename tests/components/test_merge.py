@@ -16,13 +16,7 @@ from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec
 from components.train import train
 from tests.conftest import make_tiny_llama
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

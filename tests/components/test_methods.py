@@ -29,13 +29,7 @@ METHODS = ["lora", "dora", "qlora", "adalora", "ia3", "loha", "lokr", "prompt_tu
 PEFT_METHODS = [m for m in METHODS if m not in {"selective", "full"}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def adapter_spec(method: str, **extra):

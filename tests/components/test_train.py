@@ -15,13 +15,7 @@ from components.spec import BehaviorSpec, TrainingSpec
 from components.train import TrainingDivergedError, lr_factor, train
 from tests.conftest import make_tiny_llama
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
