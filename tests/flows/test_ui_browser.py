@@ -67,6 +67,7 @@ def ui(tmp_path, tiny_llama_dir, tiny_embedder_dir, workspace_writer):
 
 
 def test_start_adapt_from_the_ui_form_and_see_the_evaluation(ui):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     port, ws = ui
@@ -86,7 +87,12 @@ def test_start_adapt_from_the_ui_form_and_see_the_evaluation(ui):
         expect(picker).to_have_text("specs/spec.yaml")
         run_name = page.get_by_role("textbox").first.input_value()
         page.get_by_role("button", name="Submit").click()
-        page.get_by_role("link", name=run_name).first.click()
+        page.wait_for_load_state("networkidle")
+        try:  # the confirmation toast links to the run, but it is gone after a few seconds (missed once in 5 suites)
+            page.get_by_role("link", name=run_name).first.click(timeout=10_000)
+        except PlaywrightTimeout:  # then open the run from the runs list, as a user would
+            page.goto(f"{base}/runs", wait_until="networkidle")
+            page.get_by_role("link", name=run_name).first.click(timeout=90_000)
         page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
         expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=300_000)
         page.get_by_text("Artifacts", exact=True).first.click()
