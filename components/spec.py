@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationInfo,
     field_validator,
@@ -27,7 +28,8 @@ BUILTIN_EMBEDDER = "all-minilm-l6-v2"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are refused for every float (docs/spec.md, "Bounds")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -52,6 +54,67 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 SpecPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 
+def walk_confined(root: Path, confine: Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(files under `root`, symlinks under it that resolve outside `confine` as (link, target)).
+
+    Hidden entries (.git, .DS_Store) are skipped. A symlink, file or folder, is followed only when
+    its target is inside `confine`; a folder link back into a folder being walked is skipped. Used at
+    validate (spec) and at index time (vectorstore.documents): the same rule in both places."""
+    confine = Path(confine).resolve()
+    files: list[Path] = []
+    escapes: list[tuple[Path, Path]] = []
+
+    def walk(folder: Path, open_dirs: frozenset[Path]) -> None:
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink() and not entry.resolve().is_relative_to(confine):
+                escapes.append((entry, entry.resolve()))
+            elif entry.is_dir():
+                real = entry.resolve()
+                if real not in open_dirs:
+                    walk(entry, open_dirs | {real})
+            elif entry.is_file():
+                files.append(entry)
+
+    root = Path(root)
+    if root.is_symlink() and not root.resolve().is_relative_to(confine):
+        return [], [(root, root.resolve())]
+    if root.is_dir():
+        walk(root, frozenset({root.resolve()}))
+    elif root.exists():
+        files.append(root)
+    return files, escapes
+
+_PATH_SYNTAX = ("/", "./", "../", "~")
+
+
+def _local_folder(value: str, field: str, flag: str, allow_outside: bool, info: ValidationInfo) -> str:
+    """A model/embedder id that names a local folder, resolved like every other spec path: against the
+    spec's folder, inside the workspace unless `flag` says otherwise. Other ids are left to the loaders.
+
+    An id written as a path (/, ./, ../, ~) must be a folder; a bare `org/name` is a local folder only
+    when that folder exists next to the spec, else a Hugging Face id."""
+    ctx = info.context or {}
+    base_dir, workspace = ctx.get("base_dir"), ctx.get("workspace")
+    if base_dir is None:
+        return value
+    written_as_path = value.startswith(_PATH_SYNTAX) or value in (".", "..")
+    folder = (Path(base_dir) / Path(value).expanduser()).resolve()
+    if not folder.is_dir():
+        if written_as_path and ctx.get("check_exists", True):
+            raise ValueError(f"{field} '{value}' is written as a path but {folder} is not a folder; "
+                             "fix the path (relative paths start at the spec's folder) or use a Hugging Face id")
+        return value
+    if workspace is not None and not folder.is_relative_to(Path(workspace).resolve()) and not allow_outside:
+        raise ValueError(
+            f"{field} '{value}' resolves to {folder}, outside the workspace {Path(workspace).resolve()}; move it "
+            f"inside, pass --workspace DIR, or set `{flag}: true` to use it from there (its weights are then "
+            "recorded by hash in the manifest)"
+        )
+    return str(folder)
+
+
 # --- base model --------------------------------------------------------------------------
 
 
@@ -62,18 +125,37 @@ class QuantizationSpec(Strict):
 
 
 class BaseModelSpec(Strict):
-    id: str = BUILTIN_MODEL
-    revision: str | None = None
+    id: str = Field(BUILTIN_MODEL, description="built-in alias, Hugging Face id, or a local folder (relative to the spec)")
+    revision: str | None = Field(
+        None, description="with trust_remote_code: a full 40-hex commit, or for a local folder the sha256 of its "
+        "*.py files (python -m components.remote_code FOLDER)"
+    )
     trust_remote_code: bool = False
     quantization: QuantizationSpec | None = None
+    allow_outside_workspace: bool = Field(
+        False, description="let `id` be a local folder outside the workspace (recorded by its weights hash)"
+    )
 
     @model_validator(mode="after")
-    def _remote_code_needs_revision(self) -> BaseModelSpec:
-        if self.trust_remote_code and not self.revision:
-            raise ValueError(
-                "trust_remote_code is true but revision is missing; pin a commit with `revision: <sha>` "
-                "so the code that runs is the code you reviewed"
-            )
+    def _resolve_and_pin(self, info: ValidationInfo) -> BaseModelSpec:
+        from components.remote_code import RemoteCodeError, check_pin
+
+        if self.id != BUILTIN_MODEL:  # frozen model: the resolved folder replaces the id as written
+            resolved = _local_folder(self.id, "base_model.id", "base_model.allow_outside_workspace",
+                                     self.allow_outside_workspace, info)
+            object.__setattr__(self, "id", resolved)
+        if self.trust_remote_code:
+            if not self.revision:
+                raise ValueError(
+                    "trust_remote_code is true but revision is missing; pin a commit with `revision: <sha>` "
+                    "(all 40 hex digits; for a local folder the sha256 of its *.py files) so the code that runs is "
+                    "the code you reviewed"
+                )
+            local = Path(self.id) if Path(self.id).is_absolute() and Path(self.id).is_dir() else None
+            try:
+                check_pin(self.id, local, self.revision)
+            except RemoteCodeError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 
@@ -91,10 +173,19 @@ class BehaviorDataSpec(Strict):
 TargetModules = list[str] | Literal["all-linear"]
 
 
+# Upper bounds (docs/spec.md, "Bounds"): far above any sane value, low enough that a typo such as
+# `batch_size: 1e14` or `lr: 1e300` is an error at validate instead of an hour of work or a NaN.
+MAX_RANK = 4096
+MAX_ALPHA = 65_536
+MAX_VIRTUAL_TOKENS = 4096
+MAX_STEPS = 10_000_000
+MAX_SEQ_LEN = 1_048_576
+
+
 class LoraSpec(Strict):
     method: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, description="defaults to 2*r")
+    r: int = Field(8, ge=1, le=MAX_RANK)
+    alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: TargetModules = ["q_proj", "v_proj"]
 
@@ -113,9 +204,9 @@ class QLoraSpec(LoraSpec):
 
 class AdaLoraSpec(Strict):
     method: Literal["adalora"] = "adalora"
-    init_r: int = Field(12, ge=1)
-    target_r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, description="defaults to 2*target_r")
+    init_r: int = Field(12, ge=1, le=MAX_RANK)
+    target_r: int = Field(8, ge=1, le=MAX_RANK)
+    alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*target_r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: TargetModules = ["q_proj", "v_proj"]
     warmup_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tinit = fraction of total steps")
@@ -134,8 +225,8 @@ class IA3Spec(Strict):
 
 class LoHaSpec(Strict):
     method: Literal["loha"] = "loha"
-    r: int = Field(8, ge=1)
-    alpha: int | None = Field(None, description="defaults to 2*r")
+    r: int = Field(8, ge=1, le=MAX_RANK)
+    alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*r")
     target_modules: TargetModules = ["q_proj", "v_proj"]
 
     @property
@@ -149,19 +240,19 @@ class LoKrSpec(LoHaSpec):
 
 class PromptTuningSpec(Strict):
     method: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: int = Field(20, ge=1)
+    num_virtual_tokens: int = Field(20, ge=1, le=MAX_VIRTUAL_TOKENS)
     init_text: str | None = Field(None, description="initialise the soft prompt from this text")
 
 
 class PTuningSpec(Strict):
     method: Literal["p_tuning"] = "p_tuning"
-    num_virtual_tokens: int = Field(20, ge=1)
-    encoder_hidden_size: int = Field(128, ge=1)
+    num_virtual_tokens: int = Field(20, ge=1, le=MAX_VIRTUAL_TOKENS)
+    encoder_hidden_size: int = Field(128, ge=1, le=65_536)
 
 
 class PrefixTuningSpec(Strict):
     method: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: int = Field(20, ge=1)
+    num_virtual_tokens: int = Field(20, ge=1, le=MAX_VIRTUAL_TOKENS)
     prefix_projection: bool = False
 
 
@@ -196,19 +287,19 @@ WEIGHT_METHODS = {"full", "selective"}  # train base tensors: no 4/8-bit base, a
 
 
 class TrainingSpec(Strict):
-    epochs: float = Field(2, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2.0e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(2, gt=0, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1, le=65_536)
+    grad_accum: int = Field(1, ge=1, le=65_536)
+    lr: float = Field(2.0e-4, gt=0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0, le=10.0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    max_seq_len: int = Field(512, ge=8)
-    seed: int = 0
-    eval_every: int | None = Field(None, ge=1, description="steps; default: once per epoch")
-    checkpoint_every: int | None = Field(None, ge=1, description="steps; default: max(10, total/5)")
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, ge=8, le=MAX_SEQ_LEN)
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
+    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps; default: once per epoch")
+    checkpoint_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps; default: max(10, total/5)")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     packing: bool = Field(
         False, description="pack examples into max_seq_len rows; default groups by length (measured faster here)"
     )
@@ -224,8 +315,8 @@ class BehaviorSpec(Strict):
 
 
 class ChunkingSpec(Strict):
-    size: int = Field(200, ge=16, description="in embedder tokens")
-    overlap: int = Field(40, ge=0)
+    size: int = Field(200, ge=16, le=MAX_SEQ_LEN, description="in embedder tokens")
+    overlap: int = Field(40, ge=0, le=MAX_SEQ_LEN)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSpec:
@@ -240,7 +331,7 @@ class _AnnIndex(Strict):
 
 class AutoIndexSpec(_AnnIndex):
     type: Literal["auto"] = "auto"
-    memory_budget_mb: int = Field(2048, ge=1, description="above this, auto picks IVF-PQ")
+    memory_budget_mb: int = Field(2048, ge=1, le=1 << 30, description="above this, auto picks IVF-PQ")
 
 
 class FlatIndexSpec(Strict):
@@ -249,20 +340,20 @@ class FlatIndexSpec(Strict):
 
 class HnswIndexSpec(_AnnIndex):
     type: Literal["hnsw"] = "hnsw"
-    m: int = Field(32, ge=4)
-    ef_construction: int = Field(80, ge=8)
-    ef_search: int = Field(64, ge=1)
+    m: int = Field(32, ge=4, le=1024)
+    ef_construction: int = Field(80, ge=8, le=65_536)
+    ef_search: int = Field(64, ge=1, le=65_536)
 
 
 class IvfIndexSpec(_AnnIndex):
     type: Literal["ivf"] = "ivf"
-    nlist: int | None = Field(None, ge=1, description="defaults to ~4*sqrt(n)")
-    nprobe: int = Field(16, ge=1)
+    nlist: int | None = Field(None, ge=1, le=1 << 24, description="defaults to ~4*sqrt(n)")
+    nprobe: int = Field(16, ge=1, le=1 << 24)
 
 
 class IvfPqIndexSpec(IvfIndexSpec):
     type: Literal["ivfpq"] = "ivfpq"  # type: ignore[assignment]
-    pq_m: int = Field(48, ge=1, description="sub-quantizers; must divide the dimension")
+    pq_m: int = Field(48, ge=1, le=4096, description="sub-quantizers; must divide the dimension")
     pq_bits: int = Field(8, ge=4, le=12)
 
 
@@ -294,10 +385,41 @@ IndexSpec = Annotated[
 class KnowledgeSpec(Strict):
     documents: SpecPath
     chunking: ChunkingSpec = ChunkingSpec()
-    embedder: str = BUILTIN_EMBEDDER
+    embedder: str = Field(BUILTIN_EMBEDDER, description="built-in alias, Hugging Face id, or a local folder")
     index: IndexSpec = AutoIndexSpec()
     top_k: int = Field(4, ge=1, le=100)
     hybrid: bool = Field(False, description="fuse BM25 with dense retrieval (reciprocal rank fusion)")
+    allow_outside_workspace: bool = Field(
+        False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"
+    )
+    _workspace: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _confine(self, info: ValidationInfo) -> KnowledgeSpec:
+        """Resolve a local embedder folder; symlinks under `documents` must stay inside the workspace."""
+        if self.embedder != BUILTIN_EMBEDDER:
+            resolved = _local_folder(self.embedder, "knowledge.embedder", "knowledge.allow_outside_workspace",
+                                     self.allow_outside_workspace, info)
+            object.__setattr__(self, "embedder", resolved)
+        workspace = (info.context or {}).get("workspace")
+        self._workspace = Path(workspace).resolve() if workspace is not None else None
+        if self._workspace is not None and Path(self.documents).exists():
+            _, escapes = walk_confined(Path(self.documents), self._workspace)
+            if escapes:
+                link, target = escapes[0]
+                raise ValueError(
+                    f"knowledge.documents must not hold symlinks that leave the workspace {self._workspace}: {link} -> "
+                    f"{target}{f' (and {len(escapes) - 1} more)' if len(escapes) > 1 else ''}; copy the file into the "
+                    "workspace or remove the link (documents are served as citations)"
+                )
+        return self
+
+    @property
+    def confine_root(self) -> Path:
+        """What symlinks under `documents` must resolve inside: the workspace the spec was loaded with,
+        else the documents folder itself."""
+        docs = Path(self.documents)
+        return self._workspace or (docs if docs.is_dir() else docs.parent).resolve()
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -324,7 +446,7 @@ class EvaluationSpec(Strict):
     data: SpecPath | None = Field(None, description="jsonl of {question|messages, answer, doc_ids?}")
     gates: dict[str, str] = {}
     promote_to: str = Field("production", pattern=r"^[a-z][a-z0-9_-]*$")
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(48, ge=1, le=MAX_SEQ_LEN)
     forgetting_text: SpecPath | None = Field(None, description="default: the general-text sample we ship")
 
     @field_validator("gates")

@@ -39,32 +39,132 @@ class SpecError(ValueError):
         super().__init__("\n".join(str(i) for i in issues))
 
 
-def _node_lines(node: yaml.Node, path: KeyPath, out: dict[KeyPath, int]) -> None:
+# Bounds on what a spec's YAML may expand to. A real spec has a few hundred nodes and a depth
+# under 10; a "billion laughs" file (9 anchors of 9 aliases each) expands to ~10^9 nodes, and
+# walking that took 42 s and ended in MemoryError. The composed graph is checked before anything
+# walks it expanded, so such a file is refused in milliseconds (docs/spec.md, "Bounds").
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_ALIASES = 100
+MAX_NODES = 10_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    def __init__(self, line: int | None, message: str):
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts aliases and nesting while it composes (the composer recurses per level)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(mark.line + 1, f"more than {MAX_ALIASES} aliases (*name); a spec needs a few at most: "
+                                              "write the values out")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels; a spec is a few levels deep: "
+                                          "flatten the structure")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, depth: int, memo: dict[int, int], active: set[int]) -> int:
+    """Nodes in the tree once every alias is expanded; refuses cycles, depth and size past the bounds."""
+    if id(node) in active:
+        raise _Refused(node.start_mark.line + 1, "an alias refers to the node that contains it (a recursive anchor); "
+                                                 "remove the self-reference")
+    if depth > MAX_DEPTH:
+        raise _Refused(node.start_mark.line + 1, f"aliases expand to a nesting deeper than {MAX_DEPTH} levels; "
+                                                 "write the values out")
+    if id(node) in memo:
+        return memo[id(node)]
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    active.add(id(node))
+    size = 1 + sum(_expanded_size(child, depth + 1, memo, active) for child in children)
+    active.discard(id(node))
+    if size > MAX_NODES:
+        raise _Refused(node.start_mark.line + 1, f"aliases expand this spec to more than {MAX_NODES:,} values "
+                                                 "(a YAML alias bomb?); a spec needs no more: write the values out")
+    memo[id(node)] = size
+    return size
+
+
+def _node_lines(node: yaml.Node, path: KeyPath, out: dict[KeyPath, int], dups: dict[tuple[str, int, int], None]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key, value in node.value:
-            out[path + (key.value,)] = key.start_mark.line + 1
-            _node_lines(value, path + (key.value,), out)
-            out[path + (key.value,)] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                if key.value in seen:
+                    where = ".".join(str(p) for p in path + (key.value,))
+                    dups[(where, seen[key.value], line)] = None
+                seen.setdefault(key.value, line)
+            out[path + (key.value,)] = line
+            _node_lines(value, path + (key.value,), out, dups)
+            out[path + (key.value,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _node_lines(item, path + (i,), out)
+            _node_lines(item, path + (i,), out, dups)
+
+
+def _compose(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
+    """Compose once, check the bounds and duplicate keys, then construct (which flattens merge keys)."""
+    loader = _BoundedLoader(text)
+    lines: dict[KeyPath, int] = {}
+    dups: dict[tuple[str, int, int], None] = {}
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        _expanded_size(node, 0, {}, set())
+        _node_lines(node, (), lines, dups)
+        if dups:
+            raise SpecError([
+                SpecIssue(file, second, where, f"duplicate key: it appears on line {first} and line {second}, "
+                                               "and YAML would silently keep only the last; remove one")
+                for where, first, second in dups
+            ])
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
-    """Parse YAML, returning the data and a map from key path to 1-based line number."""
+    """Parse YAML, returning the data and a map from key path to 1-based line number.
+
+    Refused with a SpecError: malformed YAML, duplicate keys (YAML would keep the last one
+    silently), and anything past the bounds above (aliases, nesting, expanded size)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return _compose(text, file)
+    except _Refused as exc:
+        raise SpecError([SpecIssue(file, exc.line, "", f"refused: {exc.message}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([SpecIssue(file, line, "", f"malformed YAML: {problem}; fix the syntax")]) from None
-    lines: dict[KeyPath, int] = {}
-    if node is not None:
-        _node_lines(node, (), lines)
-    return data, lines
+    except RecursionError:
+        raise SpecError([SpecIssue(file, None, "", f"refused: nesting too deep to read; a spec is at most "
+                                                   f"{MAX_DEPTH} levels deep: flatten the structure")]) from None
 
 
 def _model_at(loc: KeyPath) -> type[BaseModel] | None:
@@ -148,7 +248,7 @@ def _issue_from_error(err: dict, data: Any, lines: dict[KeyPath, int], file: str
         msg = f"required key '{loc[-1]}' is missing; add it"
     elif kind == "union_tag_invalid":
         msg = msg.replace("Input tag", "value").rstrip(".") + "; pick one of the listed values"
-    elif kind.startswith(("int_", "float_", "bool_", "string_", "literal_", "list_", "dict_", "model_")) or kind in {
+    elif kind == "finite_number" or kind.startswith(("int_", "float_", "bool_", "string_", "literal_", "list_", "dict_", "model_")) or kind in {
         "greater_than", "greater_than_equal", "less_than", "less_than_equal",
     }:
         msg = f"{msg} (got {err.get('input')!r}); fix the value"
@@ -164,14 +264,31 @@ def _issue_from_error(err: dict, data: Any, lines: dict[KeyPath, int], file: str
     return SpecIssue(file, _line_for(loc, lines), path, msg)
 
 
+def _read_spec_text(spec_path: Path, file: str) -> str:
+    try:
+        with open(spec_path, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError([SpecIssue(file, None, "", f"cannot read the spec: {exc.strerror}; check the path")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError([SpecIssue(file, None, "", f"refused: the spec is larger than {MAX_SPEC_BYTES >> 20} MiB; "
+                                                   "a spec is a short YAML file: keep data in the files it names")])
+    try:
+        text = raw.decode("utf-8")
+        bad, why = (raw.index(0), "is NUL") if "\x00" in text else (None, "")
+    except UnicodeDecodeError as exc:
+        bad, why = exc.start, "is not UTF-8"
+    if bad is not None:
+        raise SpecError([SpecIssue(file, raw[:bad].count(b"\n") + 1, "", f"not a text file (byte {bad} {why}); "
+                                   "a spec is a UTF-8 YAML file: check that you passed the right file")])
+    return text
+
+
 def load_spec(path: str | Path, workspace: str | Path | None = None, check_exists: bool = True) -> TaskSpec:
     """Read, validate and resolve a spec file. Raises SpecError listing every problem."""
     spec_path = Path(path)
     file = str(path)
-    try:
-        text = spec_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([SpecIssue(file, None, "", f"cannot read the spec: {exc.strerror}; check the path")]) from None
+    text = _read_spec_text(spec_path, file)
     data, lines = parse_yaml(text, file)
     if not isinstance(data, dict):
         raise SpecError([SpecIssue(file, 1, "", "the spec must be a YAML mapping (name:, goal:, ...); see docs/spec.md")])

@@ -24,7 +24,7 @@ import numpy as np
 from components.spec import KnowledgeSpec
 from vectorstore.chunking import Chunk, chunk_documents
 from vectorstore.docstore import DOCSTORE_FILE, chunk_row, write_docstore
-from vectorstore.documents import CHUNKER_VERSION, corpus_hash_of, load_documents
+from vectorstore.documents import CHUNKER_VERSION, corpus_hash_of, knowledge_documents
 from vectorstore.embedder import Embedder, EmbedderError, EmbeddingCache, load_embedder
 from vectorstore.faiss_index import IndexPlan, build_checked, plan_index, recheck, set_params
 from vectorstore.persist import FORMAT, INDEX_FILE, IndexIntegrityError, open_index_dir, write_index_dir
@@ -129,7 +129,7 @@ def build_index(
     embedder.probe  # noqa: B018 - computed now, so that it is not counted as build time
     loaded = time.perf_counter()
     _check_chunk_size(knowledge, embedder)
-    docs = load_documents(knowledge.documents)
+    docs = knowledge_documents(knowledge)
     report("load", len(docs), len(docs))
     chunks = chunk_documents(docs, embedder.token_offsets, knowledge.chunking)
     report("chunk", len(chunks), len(chunks))

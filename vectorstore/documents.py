@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.spec import KnowledgeSpec
+from components.spec import KnowledgeSpec, walk_confined
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
 SUFFIXES = TEXT_SUFFIXES | {".jsonl"}
@@ -86,30 +86,34 @@ def _jsonl_documents(path: Path, root: Path) -> list[Document]:
     return docs
 
 
-def _files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
+def _files(root: Path, confine: Path) -> list[Path]:
+    if not root.exists() and not root.is_symlink():
         raise DocumentError(f"{root}: knowledge.documents does not exist; fix the path in the spec")
-    files = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue  # hidden files and folders (.git, .DS_Store) are never documents
+    files, escapes = walk_confined(root, confine)
+    if escapes:
+        link, target = escapes[0]
+        raise DocumentError(
+            f"{link} is a symlink to {target}, outside {confine}; refusing to index it (documents are served as "
+            "citations): copy the file into the workspace or remove the link"
+        )
+    for path in files:
         if path.suffix.lower() not in SUFFIXES:
             raise DocumentError(
                 f"{path}: unsupported document type '{path.suffix}'; knowledge.documents takes "
                 f"{', '.join(sorted(SUFFIXES))}: convert the file or move it out of {root}"
             )
-        files.append(path)
     return files
 
 
-def load_documents(root: Path) -> list[Document]:
-    """Every document under `root` (a folder, or a single file), sorted by id; ids must be unique."""
+def load_documents(root: Path, confine_to: Path | None = None) -> list[Document]:
+    """Every document under `root` (a folder, or a single file), sorted by id; ids must be unique.
+
+    Symlinks are followed only when they resolve inside `confine_to` (default: `root` itself);
+    one that leaves it is refused (`KnowledgeSpec.confine_root` passes the spec's workspace)."""
     root = Path(root)
+    confine = Path(confine_to) if confine_to is not None else (root if root.is_dir() else root.parent)
     docs: list[Document] = []
-    for path in _files(root):
+    for path in _files(root, confine):
         if path.suffix.lower() == ".jsonl":
             docs.extend(_jsonl_documents(path, root if root.is_dir() else path))
         else:
@@ -139,4 +143,9 @@ def corpus_hash_of(docs: list[Document], knowledge: KnowledgeSpec) -> str:
 
 def corpus_hash(knowledge: KnowledgeSpec) -> str:
     """The corpus hash of a knowledge spec (reads and hashes its documents; embeds nothing)."""
-    return corpus_hash_of(load_documents(knowledge.documents), knowledge)
+    return corpus_hash_of(knowledge_documents(knowledge), knowledge)
+
+
+def knowledge_documents(knowledge: KnowledgeSpec) -> list[Document]:
+    """The spec's documents, with symlinks confined to the workspace the spec was loaded with."""
+    return load_documents(knowledge.documents, confine_to=knowledge.confine_root)

@@ -115,7 +115,8 @@ def test_trust_remote_code_needs_revision(ws):
     text = "name: t\nbase_model: {id: some/model, trust_remote_code: true}\nbehavior:\n  data: {train: data/train.jsonl}\n"
     assert errors_of(ws, text) == [
         "s.yaml line 2: base_model.trust_remote_code: trust_remote_code is true but revision is missing; "
-        "pin a commit with `revision: <sha>` so the code that runs is the code you reviewed"
+        "pin a commit with `revision: <sha>` (all 40 hex digits; for a local folder the sha256 of its *.py files) "
+        "so the code that runs is the code you reviewed"
     ]
 
 

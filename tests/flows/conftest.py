@@ -29,7 +29,8 @@ def prefect_api():
 
 def write_workspace(root: Path, model_dir: Path, embedder_dir: Path, goal: str = "both", gates: str = "{}",
                     max_steps: int = 4, checkpoint_every: int | None = None) -> Path:
-    """A tiny `goal` spec with its data under root; returns the spec path."""
+    """A tiny `goal` spec with its data under root; returns the spec path. The tiny model and embedder
+    are session folders outside the workspace, so the spec says so (`allow_outside_workspace`)."""
     data = root / "data"
     (data / "docs").mkdir(parents=True, exist_ok=True)
     system = {"role": "system", "content": "Label the ticket: billing, bug, account or shipping."}
@@ -48,7 +49,7 @@ def write_workspace(root: Path, model_dir: Path, embedder_dir: Path, goal: str =
     spec = f"""# run: adaptflow run spec.yaml
 name: tiny-{goal}
 goal: {goal}
-base_model: {{id: "{model_dir}"}}
+base_model: {{id: "{model_dir}", allow_outside_workspace: true}}
 behavior:
   data: {{train: data/train.jsonl, format: chat, eval_split: 0.25}}
   adapter: {{method: lora, r: 2, target_modules: [q_proj, v_proj]}}
@@ -57,6 +58,7 @@ knowledge:
   documents: data/docs/
   chunking: {{size: 32, overlap: 8}}
   embedder: "{embedder_dir}"
+  allow_outside_workspace: true
   top_k: 2
 evaluation:
   data: data/qa.jsonl

@@ -26,7 +26,7 @@ def _write_spec(tmp_path: Path, embedder: str, corpus: Path) -> Path:
     spec.write_text(
         "name: tiny-knowledge\ngoal: knowledge\n"
         f"knowledge:\n  documents: {corpus.name}/\n  chunking: {{size: 48, overlap: 8}}\n  embedder: {embedder}\n"
-        "  hybrid: true\n  top_k: 3\n"
+        "  hybrid: true\n  top_k: 3\n  allow_outside_workspace: true\n"  # the session's tiny embedder lives outside
         "evaluation:\n  data: qa.jsonl\n")
     return spec
 
