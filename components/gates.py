@@ -2,6 +2,11 @@
 
 A gate whose metric was not measured fails (with a reason): a missing number must never read
 as a pass, or a broken evaluation would promote a model.
+
+No gates means no promotion: a version registered without gates moves `latest` only; moving
+`evaluation.promote_to` (default `production`) needs at least one gate, and all must pass. A
+person can still move an alias by hand (`adaptflow registry promote`), which is a decision, not
+an accident. The registry applies the same rule (`gate_status` is 'unknown' without gates).
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 @dataclass(frozen=True)
 class GateResult:
-    """`passed` is True only when every gate passed (vacuously True with no gates).
+    """`passed` is True only when every gate passed (vacuously True with no gates: see `promotable`).
 
     Each result is {metric, op, threshold, value, passed, reason}; value is None when missing.
     """
 
     passed: bool
     results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def promotable(self) -> bool:
+        """Whether `evaluation.promote_to` may move: at least one gate, and every gate passed."""
+        return self.passed and bool(self.results)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -77,3 +87,13 @@ def evaluate_gates(gates: Mapping[str, str], metrics: Mapping[str, Any]) -> Gate
     """Check each `{metric: "<op> <number>"}` gate against `metrics`; all must pass."""
     results = [_check(metric, expr, metrics) for metric, expr in gates.items()]
     return GateResult(passed=all(r["passed"] for r in results), results=results)
+
+
+def promotion_rule(gates: Mapping[str, str], promote_to: str) -> str:
+    """One line for `adaptflow plan`: which aliases a run of this spec can move, and why."""
+    if not gates:
+        return (f"no evaluation.gates: a run moves only `latest`; `{promote_to}` moves only when at least one gate "
+                f"is declared and passes (add e.g. gates: {{answer_f1: \">= 0.5\"}}), or by hand with "
+                "`adaptflow registry promote`")
+    listed = ", ".join(f"{metric} {expr.strip()}" for metric, expr in gates.items())
+    return f"`latest` and `{promote_to}` move only if every gate passes ({listed}); otherwise no alias moves"

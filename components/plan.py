@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components.gates import promotion_rule
 from components.route import route
 from components.spec import PROMPT_LEARNING, TaskSpec
 
@@ -97,6 +98,8 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None) -> dict:
         "route": decision.to_dict(),
         "notes": [],
     }
+    ev = spec.evaluation
+    plan["promotion"] = promotion_rule(ev.gates if ev else {}, ev.promote_to if ev else "production")
     if spec.behavior is None:
         return plan
     from components.methods import count_parameters_meta

@@ -138,7 +138,8 @@ def manifest_base(
 
 
 def gate_status(manifest: Mapping[str, Any]) -> GateStatus:
-    """'passed' / 'failed' from the manifest's `gates` ({"passed": bool, "results": [...]}), 'unknown' if absent.
+    """'passed' / 'failed' from the manifest's `gates` ({"passed": bool, "results": [...]}), 'unknown' if absent
+    or empty (no gates declared).
 
     An `eval_error` in the manifest counts as failed, and so does a malformed `gates` entry: a
     version never looks promotable by accident.
@@ -148,6 +149,8 @@ def gate_status(manifest: Mapping[str, Any]) -> GateStatus:
     gates = manifest.get("gates")
     if gates is None:
         return "unknown"
+    if isinstance(gates, Mapping) and gates.get("results") == []:
+        return "unknown"  # no gates declared: only `latest` moves (components/gates.py)
     if isinstance(gates, Mapping) and gates.get("passed") is True:
         return "passed"
     return "failed"

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 import yaml
 
+from components.preflight import check_inputs
 from components.spec import TaskSpec
 from components.specload import SpecError, load_spec
 from flows.cli import app
@@ -22,6 +23,9 @@ def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspa
     for path in specs:
         try:
             spec = load_spec(path, workspace)
+            problems = check_inputs(spec, path)  # evaluation rows, documents, gold doc ids
+            if problems:
+                raise SpecError(problems)
         except SpecError as exc:
             failed += 1
             for issue in exc.issues:
@@ -57,6 +61,8 @@ def render_plan(plan: dict) -> str:
         lines += [f"  {k}: {v}" for k, v in plan["derived_defaults"].items()]
     r = plan["route"]
     lines += ["", f"## route: {r['label']}"] + [f"  - {reason}" for reason in r["reasons"]]
+    if "promotion" in plan:
+        lines += ["", "## promotion", f"  {plan['promotion']}"]
     if "parameters" in plan:
         p = plan["parameters"]
         lines += ["", "## parameters", f"  trainable {_fmt_int(p['trainable'])} of {_fmt_int(p['total'])} ({p['percent']:.4f} %)"]

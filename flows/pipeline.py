@@ -32,7 +32,11 @@ class StageResult:
 
 @task(name="load-spec", cache_policy=NONE)
 def load_task_spec(spec_path: str, workspace: str | None = None) -> TaskSpec:
-    return load_spec(spec_path, workspace)
+    from components.preflight import check_before_run
+
+    spec = load_spec(spec_path, workspace)
+    check_before_run(spec, spec_path)  # eval rows, documents, gold doc ids, registry writable: before any model loads
+    return spec
 
 
 @task(name="route", cache_policy=NONE)

@@ -4,6 +4,10 @@ Retrieval returns chunks; metrics are over documents. Within the top k chunks, a
 counts at the rank of its first chunk, and later chunks of the same document count as
 non-relevant (so nDCG stays <= 1 and a document is never credited twice). Queries without
 gold ids are skipped and counted as `skipped`.
+
+A gold id may be written as the document id, or for a file as its path relative to documents/
+without the extension, or as its stem when no other file shares it; `resolve_gold_ids` is the
+rule `adaptflow validate` applies, so an id that names no document is an error, never a silent 0.
 """
 
 from __future__ import annotations
@@ -13,14 +17,51 @@ import math
 from pathlib import Path
 from typing import Any
 
+TEXT_SUFFIXES = (".md", ".markdown", ".txt")
 
-def _first_ranks(retrieved: list[str], gold: set[str], k: int) -> list[int]:
-    """1-based ranks, within the top k, where a gold document first appears."""
+
+def id_spellings(doc_id: str) -> list[str]:
+    """How a gold `doc_ids` entry may name this document: its id; for a file, the path relative to
+    documents/ without its extension, and the file's stem (accepted only where unique: `resolve_gold_ids`)."""
+    out = [doc_id]
+    if doc_id.lower().endswith(TEXT_SUFFIXES):
+        bare = doc_id.rsplit(".", 1)[0]
+        out += [bare, bare.rsplit("/", 1)[-1]]
+    return list(dict.fromkeys(out))
+
+
+def resolve_gold_ids(gold: list[str], doc_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(gold ids mapped to document ids, the gold ids that name no document or more than one).
+
+    An exact id always wins; then the path without extension; then a stem shared by no other file."""
+    table: dict[str, set[tuple[int, str]]] = {}
+    for doc_id in doc_ids:
+        for level, spelling in enumerate(id_spellings(doc_id)):
+            table.setdefault(spelling, set()).add((level, doc_id))
+    resolved, unknown = [], []
+    for g in gold:
+        found = table.get(str(g), set())
+        best = min((level for level, _ in found), default=None)
+        names = sorted(d for level, d in found if level == best)
+        (resolved.append(names[0]) if len(names) == 1 else unknown.append(str(g)))
+    return resolved, unknown
+
+
+def _names(gold: str, doc: str) -> bool:
+    return gold == doc or gold in id_spellings(doc)[1:]
+
+
+def _first_ranks(retrieved: list[str], gold: list[str], k: int) -> list[int]:
+    """1-based ranks, within the top k, where a gold document first appears (each gold entry credited once;
+    a gold entry may use any spelling of `id_spellings`)."""
     seen: set[str] = set()
+    open_gold = list(gold)
     ranks = []
     for rank, doc in enumerate(retrieved[:k], start=1):
-        if doc in gold and doc not in seen:
+        match = next((g for g in open_gold if _names(g, doc)), None) if doc not in seen else None
+        if match is not None:
             ranks.append(rank)
+            open_gold.remove(match)
         seen.add(doc)
     return ranks
 
@@ -32,7 +73,7 @@ def retrieval_metrics(retrieved_doc_ids: list[list[str]], gold_doc_ids: list[lis
     hit = recall = rr = ndcg = 0.0
     n = 0
     for retrieved, gold_list in zip(retrieved_doc_ids, gold_doc_ids, strict=True):
-        gold = set(gold_list)
+        gold = list(dict.fromkeys(gold_list))
         if not gold:
             continue
         n += 1

@@ -112,7 +112,9 @@ def served_registry(prefect_api, tmp_path_factory, tiny_llama_dir, tiny_embedder
         mp.setenv("ADAPTFLOW_REGISTRY", str(root / "registry"))
         mp.setenv("ADAPTFLOW_STAGES", str(root / "stages"))
         for sub, (goal, name, seed) in SERVED.items():
-            spec = write_workspace(root / sub, tiny_llama_dir, tiny_embedder_dir, goal=goal)
+            # a gate that always passes: without gates only `latest` moves (components/gates.py)
+            spec = write_workspace(root / sub, tiny_llama_dir, tiny_embedder_dir, goal=goal,
+                                   gates='{answer_f1: ">= 0.0"}')
             text = spec.read_text().replace(f"name: tiny-{goal}", f"name: {name}").replace("seed: 0", f"seed: {seed}")
             # lr 5e-2: four steps then move the tiny model's greedy answer off its untrained one ("")
             text = text.replace("lr: 1.0e-2", "lr: 5.0e-2")

@@ -1,0 +1,180 @@
+"""Checks that run before any model loads: at `adaptflow validate` and at the start of every run.
+
+What a run would otherwise find out after training: a bad evaluation row (read only after
+training and evaluation), a document that cannot be read, a gold `doc_ids` entry that names
+no document (hit@k 0.0, silently), a registry that cannot be written (after training and
+evaluation). Each problem is a `SpecIssue`: the file, the line, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from components.spec import TaskSpec
+from components.specload import SpecError, SpecIssue
+
+MAX_ISSUES = 50  # every row is checked; the first 50 problems are listed, then a count
+
+
+def _answer_problem(value: object) -> str | None:
+    if value is None:
+        return "'answer' is null; write the expected answer (a string, or a list of acceptable answers)"
+    if isinstance(value, list):
+        if not value or not all(isinstance(a, str | int | float) and not isinstance(a, bool) and str(a).strip()
+                                for a in value):
+            return "'answer' is a list, so it must hold non-empty strings; give one answer or a list of acceptable ones"
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return f"'answer' is a {type(value).__name__}; write the expected answer as a string"
+    if not str(value).strip():
+        return "'answer' is empty; write the expected answer (an empty gold answer scores every prediction as wrong)"
+    return None
+
+
+def _query_problem(row: dict) -> str | None:
+    if "question" in row:
+        q = row["question"]
+        return None if isinstance(q, str) and q.strip() else "'question' must be a non-empty string; write the question"
+    messages = row.get("messages")
+    if messages is None:
+        return "needs 'question' or 'messages'; add one of them"
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+        return "'messages' must be a list of {\"role\", \"content\"} objects; fix the row"
+    if not any(m["role"] == "user" and isinstance(m["content"], str) and m["content"].strip() for m in messages):
+        return "'messages' has no non-empty user message; add the question as {\"role\": \"user\", ...}"
+    return None
+
+
+def _row_problems(row: object) -> list[tuple[str, str]]:
+    if not isinstance(row, dict):
+        return [("", "expected an object {\"question\", \"answer\", \"doc_ids\"?}; fix the line")]
+    out = []
+    if (problem := _query_problem(row)) is not None:
+        out.append(("question", problem))
+    if "answer" not in row:
+        out.append(("answer", "missing field 'answer'; every evaluation row needs the expected answer"))
+    elif (problem := _answer_problem(row["answer"])) is not None:
+        out.append(("answer", problem))
+    gold = row.get("doc_ids")
+    if gold is not None and (not isinstance(gold, list) or not all(isinstance(g, str | int) for g in gold)):
+        out.append(("doc_ids", "'doc_ids' must be a list of document ids, e.g. [\"harbor.md\"]; fix the value"))
+    return out
+
+
+def eval_rows(path: Path) -> tuple[list[tuple[int, dict]], list[SpecIssue]]:
+    """Every row of an evaluation jsonl with its line number, and every problem found."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [SpecIssue(file, None, "", f"not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8")]
+    except OSError as exc:
+        return [], [SpecIssue(file, None, "", f"cannot read it ({exc.strerror}); check evaluation.data")]
+    rows, issues = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            issues.append(SpecIssue(file, lineno, "", f"not valid JSON ({exc.msg}); one object per line"))
+            continue
+        problems = _row_problems(row)
+        issues += [SpecIssue(file, lineno, field, message) for field, message in problems]
+        if not problems:
+            rows.append((lineno, row))
+    if not rows and not issues:
+        issues.append(SpecIssue(file, None, "", "no rows; add {\"question\", \"answer\"} lines (one JSON object per line)"))
+    return rows, issues
+
+
+def _closest(gold: str, doc_ids: list[str]) -> str:
+    from vectorstore.metrics import id_spellings
+
+    spelled = {s: d for d in doc_ids for s in id_spellings(d)}
+    near = difflib.get_close_matches(gold, list(spelled), n=6, cutoff=0.3)
+    names = list(dict.fromkeys(spelled[s] for s in near))[:3] or doc_ids[:3]
+    return ", ".join(names)
+
+
+def gold_id_issues(file: str, rows: list[tuple[int, dict]], doc_ids: list[str]) -> list[SpecIssue]:
+    """Each gold doc id must name exactly one document (id, path without extension, or unique stem)."""
+    from vectorstore.metrics import id_spellings, resolve_gold_ids
+
+    issues = []
+    for lineno, row in rows:
+        gold = [str(g) for g in row.get("doc_ids") or []]
+        resolved, unknown = resolve_gold_ids(gold, doc_ids)
+        for g in unknown:
+            named = sorted(d for d in doc_ids if g in id_spellings(d))
+            what = (f"names {len(named)} documents ({', '.join(named)})" if len(named) > 1
+                    else f"matches no document (closest: {_closest(g, doc_ids)})")
+            issues.append(SpecIssue(
+                file, lineno, "doc_ids", f"'{g}' {what} in knowledge.documents; "
+                "write the path relative to the documents folder, with or without its extension, or a stem no "
+                "other file shares"))
+        if len(set(resolved)) < len(resolved):
+            issues.append(SpecIssue(file, lineno, "doc_ids", "names the same document twice; remove the repeat"))
+    return issues
+
+
+def check_inputs(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
+    """Evaluation rows, documents and gold doc ids: every problem, before any model loads."""
+    issues: list[SpecIssue] = []
+    rows: list[tuple[int, dict]] = []
+    ev = spec.evaluation
+    if ev is not None and ev.data is not None:
+        rows, issues = eval_rows(Path(ev.data))
+    if spec.knowledge is not None:
+        from vectorstore.documents import DocumentError, knowledge_documents
+
+        try:
+            docs = knowledge_documents(spec.knowledge)
+        except DocumentError as exc:
+            issues.append(SpecIssue(str(spec_file), None, "knowledge.documents", str(exc)))
+        else:
+            issues += gold_id_issues(str(ev.data), rows, [d.doc_id for d in docs]) if rows else []
+    issues.sort(key=lambda i: (i.file != str(spec_file), i.file, i.line or 0))
+    if len(issues) > MAX_ISSUES:
+        more = len(issues) - MAX_ISSUES
+        issues = issues[:MAX_ISSUES] + [SpecIssue(issues[MAX_ISSUES].file, None, "", f"... and {more} more problems")]
+    return issues
+
+
+def check_registry_writable(root: Path, name: str | None = None) -> None:
+    """Create and remove a probe file where the version will be published; raise RegistryError with the fix.
+
+    A read-only or full registry used to fail only at publish, after training and evaluation. A disk
+    with a few KB left passes this probe and can still fail at publish (docs/security.md)."""
+    from components.registry import RegistryError
+
+    root = Path(root)
+    target = root / name if name and (root / name).is_dir() else root
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=target)
+        try:
+            os.write(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise RegistryError(
+            f"the registry {target} is not writable ({exc.strerror or exc}); checked before training so no work is "
+            "lost. Fix: make it writable or free space there, or set ADAPTFLOW_REGISTRY to a writable folder"
+        ) from None
+
+
+def check_before_run(spec: TaskSpec, spec_file: str | Path, registry_root: Path | None = None) -> None:
+    """Everything a run can check up front: inputs (SpecError) and the registry (RegistryError)."""
+    from components.registry import Registry
+
+    issues = check_inputs(spec, spec_file)
+    if issues:
+        raise SpecError(issues)
+    check_registry_writable(Registry(registry_root).root, spec.name)
