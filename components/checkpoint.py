@@ -6,11 +6,19 @@ position and the loss history. It is built in a `.tmp-*` folder, every file is f
 `complete.json` (the sha256 of every other file) is written last before the folder is renamed
 into place. On resume the newest folder whose `complete.json` exists and whose hashes match wins;
 a torn one (killed mid-write, truncated, edited) is reported and skipped.
+
+A checkpoint is also *good* only if the loss of its step was finite and its trainable weights
+are finite and bounded (max |w| <= MAX_ABS_WEIGHT): a run that diverged once left a "last good"
+checkpoint holding weights of ~1e37, and resuming from it diverged again. `complete.json`
+records this `health`; an unhealthy checkpoint is kept for inspection but never resumed from.
+When training diverges, `diverged.json` is written next to the checkpoints, and a re-run of the
+same stage refuses to resume silently into the state that diverged (`previous_divergence`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -21,7 +29,11 @@ from safetensors.torch import load_file, save_file
 
 from components.registry_files import fsync_path, sha256_file
 
-PREFIX, COMPLETE = "step-", "complete.json"
+PREFIX, COMPLETE, DIVERGED = "step-", "complete.json", "diverged.json"
+# Trainable weights of a healthy run stay O(1): LoRA factors ~1e-2, full fine-tuning < 1e2 (the tiny test
+# model at lr 10 for 40 steps, the largest step Adam takes within the spec's bounds, reached 235). 1e4 leaves
+# room for any sane run and catches the ~1e37 weights a diverging run left behind.
+MAX_ABS_WEIGHT = 1e4
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -74,6 +86,41 @@ def _restore_rng(tensors: dict[str, torch.Tensor], python_state: list) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+# --- health: finite loss, finite and bounded weights ------------------------------------------
+
+
+def weights_health(params: dict[str, torch.Tensor], loss: float | None) -> dict:
+    """{finite, max_abs, norm, loss} of the trainable tensors."""
+    finite, max_abs, sq = True, 0.0, 0.0
+    with torch.no_grad():
+        for p in params.values():
+            t = p.detach()
+            if not t.numel():
+                continue
+            finite = finite and bool(torch.isfinite(t).all())
+            if finite:
+                max_abs = max(max_abs, float(t.abs().max()))
+                sq += float(torch.linalg.vector_norm(t.float())) ** 2
+    return {"finite": finite, "max_abs": max_abs if finite else None, "norm": math.sqrt(sq) if finite else None,
+            "loss": loss}
+
+
+def health_problem(health: dict) -> str | None:
+    """Why a checkpoint with this health is not good, or None."""
+    if health.get("loss") is not None and not math.isfinite(health["loss"]):
+        return f"its step's loss was {health['loss']}"
+    if not health.get("finite", False):
+        return "its weights hold NaN or inf"
+    if health["max_abs"] > MAX_ABS_WEIGHT:
+        return f"its weights reach {health['max_abs']:.3g} (bound {MAX_ABS_WEIGHT:g}): the run was diverging"
+    return None
+
+
+def _last_loss(trainer_state: dict) -> float | None:
+    curve = trainer_state.get("loss_curve") or []
+    return float(curve[-1][1]) if curve else None
+
+
 # --- save / find / load ----------------------------------------------------------------------
 
 
@@ -99,13 +146,22 @@ def save_checkpoint(
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     for name in files:
         fsync_path(tmp / name)
-    _write_json(tmp / COMPLETE, {"step": step, "files": files})
+    health = weights_health(params, _last_loss(trainer_state))
+    _write_json(tmp / COMPLETE, {"step": step, "files": files, "health": health})
     fsync_path(tmp / COMPLETE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in complete_checkpoints(root)[:-keep]:
+    good = [c for c in complete_checkpoints(root) if _recorded_health_ok(c)]
+    for old in good[:-keep]:  # unhealthy ones never push a good one out
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _recorded_health_ok(folder: Path) -> bool:
+    try:
+        return health_problem(json.loads((folder / COMPLETE).read_text())["health"]) is None
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # written before health was recorded: checked from its tensors on resume
 
 
 def is_complete(folder: Path) -> bool:
@@ -126,15 +182,60 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / COMPLETE).exists())
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from (torn, altered, non-finite or exploded), or None when it is good."""
+    if not is_complete(folder):
+        return "torn: incomplete or failed its hash check"
+    marker = json.loads((folder / COMPLETE).read_text())
+    health = marker.get("health")
+    if health is None:  # an older checkpoint: measure its tensors
+        state = json.loads((folder / "trainer_state.json").read_text())
+        health = weights_health(load_file(folder / "trainable.safetensors"), _last_loss(state))
+    return health_problem(health)
+
+
 def latest_checkpoint(root: Path, log=print) -> Path | None:
-    """The newest checkpoint that is complete and intact; torn ones are reported and skipped."""
+    """The newest good checkpoint (complete, intact, finite, bounded); the others are reported and skipped."""
     if not root.exists():
         return None
     for folder in sorted((p for p in root.iterdir() if p.name.startswith(PREFIX)), reverse=True):
-        if is_complete(folder):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return folder
-        log(f"[adaptflow] skipping torn checkpoint {folder} (incomplete or failed its hash check)")
+        if problem.startswith("torn"):
+            log(f"[adaptflow] skipping torn checkpoint {folder} (incomplete or failed its hash check)")
+        else:
+            log(f"[adaptflow] skipping checkpoint {folder}: {problem}")
     return None
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+def record_divergence(root: Path, step: int, what: str, lr: float) -> Path | None:
+    """Write `diverged.json` next to the checkpoints; return the newest good checkpoint (kept)."""
+    root.mkdir(parents=True, exist_ok=True)
+    good = latest_checkpoint(root, log=lambda _msg: None)
+    record = {"step": step, "what": what, "lr": lr, "last_good": good.name if good else None}
+    tmp = root / (DIVERGED + ".tmp")
+    _write_json(tmp, record)
+    os.replace(tmp, root / DIVERGED)
+    return good
+
+
+def previous_divergence(root: Path) -> str | None:
+    """The message for a re-run of a stage that diverged before (same spec, same state), or None."""
+    try:
+        record = json.loads((root / DIVERGED).read_text())
+    except (OSError, ValueError):
+        return None
+    lr = float(record.get("lr") or 0)
+    resume = f"resume from {root / record['last_good']}" if record.get("last_good") else "start over"
+    return (
+        f"this training stage diverged before (step {record.get('step')}: {record.get('what')}, lr {lr:g}); running "
+        f"the unchanged spec again would {resume} and diverge the same way. Lower training.lr, e.g. to {lr / 4:g} "
+        f"(a changed spec trains afresh), or to retry anyway delete {root / DIVERGED}"
+    )
 
 
 def load_checkpoint(folder: Path, *, params: dict[str, torch.Tensor], optimizer, scheduler) -> tuple[dict, dict, dict]:

@@ -268,6 +268,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, spec))
     state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "train_seconds": 0.0, "loss_curve": [], "eval_history": []}
     ckpt_dir = out_dir / "checkpoints"
+    if (before := checkpoint.previous_divergence(ckpt_dir)) is not None:
+        raise TrainingDivergedError(before)  # never resume silently into the state that diverged
     last = checkpoint.latest_checkpoint(ckpt_dir)
     resumed_from = None
     if last is not None:
@@ -361,10 +363,11 @@ def train(
 def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec) -> None:
     _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
                                            "diverged_at_step": state["step"] + 1})
-    kept = f"kept the last good checkpoint {last}" if last else "no checkpoint had been written yet"
+    good = checkpoint.record_divergence(out_dir / "checkpoints", state["step"] + 1, what, spec.lr)
+    kept = f"kept the last good checkpoint {good}" if good else "no good checkpoint had been written yet"
     raise TrainingDivergedError(
-        f"step {state['step'] + 1}: {what}; the run stopped and {kept}. Lower training.lr (now {spec.lr}) "
-        "or training.max_grad_norm, or check the data, then run again"
+        f"step {state['step'] + 1}: {what}; the run stopped and {kept}. Lower training.lr from {spec.lr:g} to "
+        f"{spec.lr / 4:g} (or training.max_grad_norm), or check the data, then run again"
     )
 
 
