@@ -1,0 +1,372 @@
+"""Continuous batching on one base model copy (the vLLM / LoRAX scheduling loop, on transformers).
+
+One scheduler thread per base copy owns its forward passes. Each loop it
+1. admits waiting requests (an idle engine first waits `window_ms` for company) up to `max_batch` rows,
+2. prefills the new rows together, left-padded, and merges their KV cache into their group's,
+3. runs one decoding step for every group, and samples each row's next token with the row's own
+   generator, grammar and stop strings.
+
+Rows whose routes share a key share forward passes: LoRA systems on one base share the key of the base
+and pick their adapter per row through peft's `adapter_names=` ("__base__" for no adapter); other
+adapter types batch per adapter; prompt-learning systems decode alone without a KV cache (peft
+re-reads the virtual tokens every call). A failing forward pass is retried row by row, so one bad
+request fails alone. Cancelled and timed-out rows leave the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from components.serving import kvcache
+from components.serving.grammar import Matcher
+from components.serving.sampling import SamplingParams, TextTracker, TokenChoice, choose, make_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineSettings:
+    max_batch: int = 16  # rows decoded together
+    max_queue: int = 64  # rows waiting for a place in the batch; past it, submit raises QueueFull
+    window_ms: float = 5.0  # how long an idle engine waits for more requests before its first step
+
+
+SETTINGS = EngineSettings()
+_OBSERVERS: list[Callable[[int, int], None]] = []  # on_step(batch rows, tokens generated)
+
+
+def configure(**changes) -> EngineSettings:
+    """Set the engine limits for engines created from now on (`adaptflow serve` flags)."""
+    for name, value in changes.items():
+        setattr(SETTINGS, name, value)
+    return SETTINGS
+
+
+def observe(fn: Callable[[int, int], None]) -> Callable[[], None]:
+    """Call `fn(rows, tokens)` after every forward pass of every engine; returns the function that stops it."""
+    _OBSERVERS.append(fn)
+    return lambda: _OBSERVERS.remove(fn) if fn in _OBSERVERS else None
+
+
+class QueueFull(RuntimeError):
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__(f"{waiting} requests are already waiting for this model; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class RequestTimeout(TimeoutError):
+    pass
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """Which forward pass a row takes. `model()` runs under the base's lock before every pass and
+    returns (model, context manager); rows with equal `key` share passes."""
+
+    key: tuple
+    model: Callable[[], tuple[object, contextlib.AbstractContextManager]]
+    adapter: str | None = None  # the row's entry in peft's adapter_names (mixed LoRA batches)
+    cached: bool = True
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenChoice] | None
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    queue_s: float
+    ttft_s: float
+    total_s: float
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence being generated. Events go to `put` from the engine thread:
+    ("delta", index, text, [TokenChoice]), ("done", index, Completion), ("error", index, exception)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    route: Route
+    put: Callable[[tuple], None]
+    tokenizer: object
+    eos: frozenset[int]
+    index: int = 0
+    deadline: float | None = None  # time.monotonic() after which the row fails with RequestTimeout
+    vocab_size: int | None = None
+    generated: list[int] = field(default_factory=list)
+    choices: list[TokenChoice] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = 0.0
+    admitted: float = 0.0
+    first_token: float | None = None
+    finished: bool = False
+    solo: bool = False  # set after a shared forward pass failed: the row runs alone to find the culprit
+
+    def __post_init__(self):
+        self.tracker = TextTracker(self.tokenizer, self.params.stop)
+        self.generator = make_generator(self.params.seed)
+        self.matcher = (Matcher(self.params.grammar, self.tokenizer, self.vocab_size)
+                        if self.params.grammar else None)
+        self._sent = 0  # choices already sent with a delta
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.generated
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
+
+    def sample(self, logits: torch.Tensor) -> bool:
+        """Choose and take the next token; True when the row is finished."""
+        allowed = self.matcher.allowed(logits.shape[-1]) if self.matcher else None
+        choice = choose(logits, self.params, self.generator, allowed)
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+        if choice.token in self.eos:
+            return self.finish("stop")
+        self.generated.append(choice.token)
+        if self.params.logprobs:
+            self.choices.append(choice)
+        if self.matcher:
+            self.matcher.accept(choice.token)
+        self._send(self.tracker.push(self.generated))
+        if self.tracker.stopped or (self.matcher and self.matcher.done()):
+            return self.finish("stop")
+        if len(self.generated) >= self.params.max_tokens:
+            return self.finish("length")
+        return False
+
+    def _send(self, piece: str) -> None:
+        if piece:
+            choices, self._sent = self.choices[self._sent:], len(self.choices)
+            self.put(("delta", self.index, piece, choices))
+
+    def finish(self, reason: str) -> bool:
+        self._send(self.tracker.flush())
+        now = time.monotonic()
+        first = self.first_token or now
+        done = Completion(self.tracker.text, list(self.generated), self.choices if self.params.logprobs else None,
+                          reason, len(self.prompt_ids), len(self.generated), self.admitted - self.submitted,
+                          first - self.submitted, now - self.submitted)
+        self.finished = True
+        self.put(("done", self.index, done))
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.finished = True
+        self.put(("error", self.index, exc))
+
+
+@dataclass(eq=False)
+class Group:
+    """Rows that share forward passes, with their left-padded KV cache and attention mask."""
+
+    route: Route
+    rows: list[Row] = field(default_factory=list)
+    cache: DynamicCache | None = None
+    mask: torch.Tensor | None = None
+
+    def add(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self.cache is None:
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+        else:
+            self.cache, self.mask = kvcache.merge(self.cache, self.mask, cache, mask)
+            self.rows += rows
+
+    def keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = None
+        elif self.cache is not None:
+            self.cache, self.mask = kvcache.select(self.cache, self.mask, keep)
+
+
+class Engine:
+    def __init__(self, lock: threading.RLock, pad_id: int, settings: EngineSettings | None = None):
+        self.lock, self.pad_id = lock, pad_id
+        self.settings = settings or EngineSettings(**vars(SETTINGS))
+        self._waiting: deque[Row] = deque()
+        self._cv = threading.Condition()
+        self._groups: dict[tuple, Group] = {}
+        self._thread: threading.Thread | None = None
+        self._row_seconds = 1.0  # moving average of a row's time in the batch (Retry-After's estimate)
+
+    # --- the callers' side --------------------------------------------------------------------
+
+    def submit(self, row: Row) -> Row:
+        with self._cv:
+            if len(self._waiting) >= self.settings.max_queue:
+                raise QueueFull(len(self._waiting), self._retry_after())
+            row.submitted = time.monotonic()
+            self._waiting.append(row)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="adaptflow-engine")
+                self._thread.start()
+            self._cv.notify()
+        return row
+
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def active(self) -> int:
+        return sum(len(g.rows) for g in list(self._groups.values()))
+
+    def _retry_after(self) -> int:
+        batches = len(self._waiting) / max(1, self.settings.max_batch)
+        return max(1, math.ceil(batches * self._row_seconds))
+
+    # --- the scheduler thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one batch; rows were failed
+                log.exception("engine step failed")
+
+    def _tick(self) -> None:
+        admitted = self._admit()
+        by_key: dict[tuple, list[Row]] = {}
+        for row in admitted:
+            key = row.route.key if row.route.cached and not row.solo else (id(row),)
+            by_key.setdefault(key, []).append(row)
+        for key, rows in by_key.items():
+            self._prefill(key, rows)
+        for key, group in list(self._groups.items()):
+            self._decode(group)
+            if not group.rows:
+                del self._groups[key]
+
+    def _admit(self) -> list[Row]:
+        with self._cv:
+            while not self._waiting and not self._groups:
+                self._cv.wait()
+            if not self._groups and self.settings.window_ms > 0:  # idle: wait a few ms for company
+                until = self._waiting[0].submitted + self.settings.window_ms / 1000
+                while len(self._waiting) < self.settings.max_batch and (left := until - time.monotonic()) > 0:
+                    self._cv.wait(left)
+            now = time.monotonic()
+            self._waiting = deque(row for row in self._waiting if not self._gone(row, now))
+            room = self.settings.max_batch - self.active()
+            admitted = []
+            while self._waiting and len(admitted) < room:
+                row = self._waiting.popleft()
+                row.admitted = now
+                admitted.append(row)
+            return admitted
+
+    def _gone(self, row: Row, now: float) -> bool:
+        """Fail a cancelled or timed-out row; True if it was."""
+        if row.cancelled.is_set():
+            row.fail(Cancelled("the client went away"))
+        elif row.expired(now):
+            where = "while generating" if row.admitted else "while waiting in the queue"
+            row.fail(RequestTimeout(f"the request timed out {where}"))
+        else:
+            return False
+        return True
+
+    def _forward(self, route: Route, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor,
+                 positions: torch.Tensor | None, cache: DynamicCache | None) -> torch.Tensor:
+        extra: dict = {}
+        if route.adapter is not None:
+            extra["adapter_names"] = [r.route.adapter for r in rows]
+        if cache is not None:
+            extra |= {"cache": cache, "use_cache": True, "position_ids": positions}
+        with self.lock:
+            model, ctx = route.model()
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            if positions is not None:
+                extra["position_ids"] = positions.to(model.device)
+            with ctx, torch.inference_mode():
+                out = model(input_ids=ids, attention_mask=mask, **extra)
+        for fn in list(_OBSERVERS):
+            fn(len(rows), len(rows))
+        return out.logits[:, -1].float().cpu()
+
+    def _prefill(self, key: tuple, rows: list[Row]) -> None:
+        seqs = [r.all_ids() for r in rows]
+        width = max(map(len, seqs))
+        ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs])
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+        route = rows[0].route
+        cache = DynamicCache() if route.cached else None
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) if route.cached else None
+        try:
+            logits = self._forward(route, rows, ids, mask, positions, cache)
+        except Exception as exc:  # noqa: BLE001 - isolate the bad row: retry each alone
+            self._isolate(rows, exc)
+            return
+        keep = [i for i, row in enumerate(rows) if not self._take(row, logits[i])]
+        if not keep:
+            return
+        if not route.cached:
+            self._groups[key] = Group(route, [rows[0]])
+            return
+        cache, mask = kvcache.select(cache, mask, keep)
+        self._groups.setdefault(key, Group(route)).add([rows[i] for i in keep], cache, mask)
+
+    def _isolate(self, rows: list[Row], exc: Exception) -> None:
+        if len(rows) == 1 and rows[0].solo:
+            log.warning("request failed alone: %s", exc)
+            rows[0].fail(exc)
+            return
+        for row in rows:  # solo rows form groups of their own at the front of the queue
+            row.solo = True
+        with self._cv:
+            self._waiting.extendleft(reversed(rows))
+
+    def _take(self, row: Row, logits: torch.Tensor) -> bool:
+        """Sample the row's next token; True when the row left (finished or failed)."""
+        try:
+            finished = row.sample(logits)
+        except Exception as exc:  # noqa: BLE001 - e.g. a grammar error: this row fails alone
+            row.fail(exc)
+            return True
+        if finished:
+            elapsed = time.monotonic() - row.admitted
+            self._row_seconds = 0.8 * self._row_seconds + 0.2 * elapsed
+        return finished
+
+    def _decode(self, group: Group) -> None:
+        now = time.monotonic()
+        group.keep([i for i, row in enumerate(group.rows) if not self._gone(row, now)])
+        if not group.rows:
+            return
+        rows = group.rows
+        if group.route.cached:
+            ids = torch.tensor([[r.generated[-1]] for r in rows])
+            group.mask = torch.cat([group.mask, group.mask.new_ones(len(rows), 1)], dim=1)
+            positions = torch.tensor([[len(r.prompt_ids) + len(r.generated) - 1] for r in rows])
+            args = (ids, group.mask, positions, group.cache)
+        else:
+            ids = torch.tensor([rows[0].all_ids()])
+            args = (ids, torch.ones_like(ids), None, None)
+        try:
+            logits = self._forward(group.route, rows, *args)
+        except Exception as exc:  # noqa: BLE001 - the group's cache is now unreliable: re-prefill its rows
+            group.rows, group.cache, group.mask = [], None, None
+            self._isolate(rows, exc)
+            return
+        group.keep([i for i, row in enumerate(rows) if not self._take(row, logits[i])])
