@@ -193,7 +193,27 @@ class System:
                 elif self.adapter_name not in handle.adapters:
                     load_adapter(handle.peft, adapter_dir, adapter_name=self.adapter_name)
                 handle.adapters.add(self.adapter_name)
+                handle.users[self.adapter_name] = handle.users.get(self.adapter_name, 0) + 1
                 handle.peft.eval()
+
+    def unload(self) -> bool:
+        """Free this system's adapter (the server's LRU eviction); True if weights were released.
+
+        An adapter other loaded systems still use stays, and so does a lane's last adapter (peft's
+        PeftModel cannot be emptied; it is reused by the next system of that lane)."""
+        handle = self.handle
+        with handle.lock:
+            self._private_model = self._prompt_model = None
+            name, self.adapter_name = self.adapter_name, None
+            if name is None:
+                return self.method is not None
+            handle.users[name] -= 1
+            if handle.users[name] > 0 or len(handle.adapters) == 1:
+                return False
+            del handle.users[name]
+            handle.adapters.discard(name)
+            handle.peft.delete_adapter(name)
+            return True
 
     def _model_for(self, use_adapter: bool):
         """(model, context manager) to generate with. Call it, and generate, under `self.handle.lock`."""

@@ -71,11 +71,21 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535),
     root: Path | None = RootOpt,
     max_tokens_cap: int = typer.Option(512, min=1, help="the largest max_tokens a request may ask for"),
+    max_context: int | None = typer.Option(None, min=16, help="prompt + max_tokens cap in tokens "
+                                           "(default: the model's context length)"),
+    request_timeout: float = typer.Option(120.0, min=0.1, help="seconds a request may wait and generate"),
+    max_batch: int = typer.Option(16, min=1, help="rows generated together on one base model"),
+    max_queue: int = typer.Option(64, min=0, help="rows waiting for a place in the batch; past it: 429"),
+    batch_window_ms: float = typer.Option(5.0, min=0, help="an idle server waits this long for more requests"),
+    max_adapters: int | None = typer.Option(None, min=1, help="loaded systems with adapters; the least "
+                                            "recently used is unloaded past it (default: no limit)"),
 ) -> None:
-    """OpenAI-compatible API: GET /health, GET /v1/models, POST /v1/chat/completions (model = NAME@REF)."""
+    """OpenAI-compatible API and a chat page: GET /, /health, /metrics, /v1/models; POST /v1/chat/completions,
+    /v1/completions, /v1/embeddings (model = NAME@REF). docs/serving.md lists every field."""
     import uvicorn
 
     from components.registry import Registry
+    from components.serving.engine import configure
     from flows.api import Limits, create_app
 
     key = os.environ.get(API_KEY_ENV) or None
@@ -85,5 +95,8 @@ def serve(
         raise typer.Exit(1)
     registry = Registry(root)
     typer.echo(f"serving {registry.root} on http://{host}:{port}/v1 ({'bearer token required' if key else 'no token'})")
-    app_ = create_app(registry, api_key=key, limits=Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=min(128, max_tokens_cap)))
+    configure(max_batch=max_batch, max_queue=max_queue, window_ms=batch_window_ms)
+    limits = Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=min(128, max_tokens_cap), max_context=max_context,
+                    request_timeout_s=request_timeout)
+    app_ = create_app(registry, api_key=key, limits=limits, max_adapters=max_adapters)
     uvicorn.run(app_, host=host, port=port, log_level="info")

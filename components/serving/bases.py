@@ -27,6 +27,7 @@ class BaseHandle:
     peft_type: str | None = None  # the tuner type this copy's PeftModel holds (claimed at selection)
     peft: object | None = None  # the PeftModel holding this lane's adapters, by name
     adapters: set[str] = field(default_factory=set)
+    users: dict[str, int] = field(default_factory=dict)  # adapter name -> loaded systems using it
     _engine: Engine | None = None
 
     @property

@@ -14,7 +14,10 @@ from components.serving.engine import QueueFull, RequestTimeout
 from components.serving.grammar import GrammarError, json_grammar
 from components.serving.sampling import SamplingParams
 from components.system import Prepared, PromptTooLong
-from tests.components.test_system import QUESTIONS, adapters, base, systems  # noqa: F401 - fixtures
+from tests.components import test_system
+from tests.components.test_system import QUESTIONS
+
+base, adapters, systems = test_system.base, test_system.adapters, test_system.systems  # module fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BATCHED = ["lora-a", "lora-b", "plain", "ia3", "prompt", "selective"]

@@ -4,13 +4,7 @@ client and by raw HTTP, over systems the real pipeline registered (conftest `ser
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,47 +12,17 @@ from fastapi.testclient import TestClient
 
 from components.registry import Registry
 from flows.api import Limits, create_app
+from tests.flows.serve_helpers import running_server
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 HARBOR = "When did the Pellin harbor open?"
 A, B = "tiny-both@production", "tiny-behavior@v1"  # two LoRA systems on one base
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(served_registry, tmp_path_factory):
-    """`python -m flows.cli serve --port P` with the test registry; yields its base URL, then stops it."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "ADAPTFLOW_API_KEY"} | {"ADAPTFLOW_REGISTRY": str(served_registry)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"adaptflow serve exited:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /health within 120 s:\n{log.read_text()}"
-            time.sleep(0.3)
+    with running_server(served_registry, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
