@@ -40,3 +40,28 @@ def test_bad_evaluation_row_fails_before_training(prefect_api, isolated, make_wo
         "stem no other file shares",
     ]
     assert not (isolated / "stages").exists()
+
+
+def test_documents_linked_from_inside_the_workspace_are_indexed_and_outside_ones_refused(
+        prefect_api, isolated, make_workspace, tmp_path_factory):
+    import os
+
+    from components.registry import Registry
+    from flows.pipeline import adapt
+    from vectorstore import read_docstore
+
+    spec = make_workspace(goal="knowledge", gates='{hit_at_k: ">= 0.0"}')
+    (isolated / "shared").mkdir()
+    (isolated / "shared" / "ferry.md").write_text("# Ferry\n\nThe Pellin ferry crosses to Orlan twice a day.\n")
+    os.symlink(isolated / "shared" / "ferry.md", isolated / "data" / "docs" / "ferry.md")
+    ref = adapt(str(spec))  # Prefect passes the spec between flows: the workspace it was loaded with travels along
+    assert ref == "tiny-knowledge@v1"
+    version = Registry().resolve(ref)
+    rows = read_docstore(version.path / "index" / "docstore.jsonl")
+    assert "ferry.md" in {r["doc_id"] for r in rows.values()}
+
+    outside = tmp_path_factory.mktemp("outside") / "host.txt"
+    outside.write_text("not for citation\n")
+    os.symlink(outside, isolated / "data" / "docs" / "host.txt")
+    with pytest.raises(SpecError, match=r"knowledge.documents must not hold symlinks that leave the workspace"):
+        adapt(str(spec))
