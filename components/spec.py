@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from components.remote_code import RemoteCodeError, check_pin
+
 BUILTIN_MODEL = "smollm2-135m-instruct"
 BUILTIN_EMBEDDER = "all-minilm-l6-v2"
 
@@ -86,6 +88,7 @@ def walk_confined(root: Path, confine: Path) -> tuple[list[Path], list[tuple[Pat
         files.append(root)
     return files, escapes
 
+
 _PATH_SYNTAX = ("/", "./", "../", "~")
 
 
@@ -138,8 +141,6 @@ class BaseModelSpec(Strict):
 
     @model_validator(mode="after")
     def _resolve_and_pin(self, info: ValidationInfo) -> BaseModelSpec:
-        from components.remote_code import RemoteCodeError, check_pin
-
         if self.id != BUILTIN_MODEL:  # frozen model: the resolved folder replaces the id as written
             resolved = _local_folder(self.id, "base_model.id", "base_model.allow_outside_workspace",
                                      self.allow_outside_workspace, info)
@@ -151,7 +152,7 @@ class BaseModelSpec(Strict):
                     "(all 40 hex digits; for a local folder the sha256 of its *.py files) so the code that runs is "
                     "the code you reviewed"
                 )
-            local = Path(self.id) if Path(self.id).is_absolute() and Path(self.id).is_dir() else None
+            local = Path(self.id).expanduser() if Path(self.id).expanduser().is_dir() else None  # as resolve_model
             try:
                 check_pin(self.id, local, self.revision)
             except RemoteCodeError as exc:
