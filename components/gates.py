@@ -54,7 +54,7 @@ class GateResult:
 
     def summary(self) -> str:
         """'answer_f1 0.42 >= 0.5: FAIL; forgetting 0.03 <= 0.15: pass'."""
-        return "; ".join(describe_gate(r) for r in self.results) or "no gates"
+        return "; ".join(describe_gate(r) for r in self.results) or "no gates (only `latest` moves)"
 
 
 def describe_gate(row: Mapping[str, Any]) -> str:

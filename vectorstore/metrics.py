@@ -115,6 +115,9 @@ def read_eval_rows(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def evaluate_retrieval(retriever: Any, rows: list[tuple[str, list[str]]], k: int) -> dict[str, Any]:
-    """Run each question through `retriever.search` and score the documents it returns."""
+    """Run each question through `retriever.search` and score the documents it returns; gold ids are
+    first resolved against the index's own document ids (an unknown one stays, and never matches)."""
+    corpus = sorted({row["doc_id"] for row in retriever.rows.values()})
+    golds = [sum(resolve_gold_ids(gold, corpus), []) for _, gold in rows]
     retrieved = [[hit.doc_id for hit in retriever.search(q, k)] for q, _ in rows]
-    return retrieval_metrics(retrieved, [gold for _, gold in rows], k)
+    return retrieval_metrics(retrieved, golds, k)
