@@ -34,7 +34,6 @@ from peft import (
     PromptTuningInit,
     TaskType,
     get_peft_model,
-    prepare_model_for_kbit_training,
 )
 from safetensors.torch import load_file, save_file
 
@@ -193,8 +192,9 @@ def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
             "adapter.method is 'qlora' but the base model is not quantized; "
             "add `quantization: {bits: 4}` under base_model or use method 'lora'"
         )
-    if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # No `prepare_model_for_kbit_training`: it upcasts every non-4-bit layer to fp32, and with it the residual
+    # stream (1.46x the activations of bf16 LoRA at 7B, measured). get_peft_model freezes the base; the
+    # non-4-bit layers stay in the compute dtype (components.precision).
     peft_model = get_peft_model(model, built)
     _fix_prompt_learning_generate(peft_model)
     return peft_model
@@ -213,6 +213,25 @@ def _select_weights(model, selection: WeightSelection):
             f"(names look like: {sample}, ...); use substrings or regexes of those names, e.g. 'norm'"
         )
     return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of the base's layers, for every method. Non-reentrant
+    checkpointing needs no input that requires grad; prompt learning gets `enable_input_require_grads`
+    anyway, as peft recommends, so the soft prompt's gradient never depends on which variant runs."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+    if is_prompt_learning(model):
+        base.enable_input_require_grads()
+
+
+def disable_gradient_checkpointing(model) -> None:
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.gradient_checkpointing_disable()
+    base.config.use_cache = True
+    if is_prompt_learning(model) and hasattr(base, "disable_input_require_grads"):
+        base.disable_input_require_grads()
 
 
 def is_prompt_learning(model) -> bool:

@@ -148,9 +148,34 @@ def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
     local = Path(spec.id).expanduser()
     if local.is_dir():
         weights = sorted(local.glob("*.safetensors"))
-        digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest() if weights else None
+        digest = hashlib.sha256("".join(_weights_sha256(w) for w in weights).encode()).hexdigest() if weights else None
         return ResolvedModel(spec.id, local.resolve(), spec.revision, digest, False)
     return ResolvedModel(spec.id, spec.id, spec.revision, None, False)
+
+
+def _weights_sha256(path: Path) -> str:
+    """sha256 of a local model's weight file, re-read only when its (size, mtime, inode) stamp changed since
+    the last time (11 s per call for a 7B folder, and the train key, train, register and every compare
+    variant resolve the model). The stamps live under $ADAPTFLOW_HOME, never in the user's folder."""
+    path = path.resolve()
+    record = adaptflow_home() / "models" / "hashes" / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json")
+    stamp = _stat_stamp(path)
+    try:
+        known = json.loads(record.read_text())
+        if known["path"] == str(path) and known["stat"] == stamp:
+            return known["sha256"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        pass
+    digest = sha256_file(path)
+    if _stat_stamp(path) == stamp:  # unchanged while we read it: safe to remember
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"path": str(path), "stat": stamp, "sha256": digest}))
+            os.replace(tmp, record)
+        except OSError:
+            pass  # a read-only cache only costs the next call a re-hash
+    return digest
 
 
 def _load_kwargs(spec: BaseModelSpec, resolved: ResolvedModel) -> dict:
@@ -172,31 +197,36 @@ def load_tokenizer(spec: BaseModelSpec, resolved: ResolvedModel | None = None):
     return tokenizer
 
 
-def load_model(spec: BaseModelSpec, resolved: ResolvedModel | None = None, device: str | None = None):
-    """Load the base model, quantized on load when the spec asks (never fp32 first, then quantized)."""
-    import torch
+def load_model(spec: BaseModelSpec, resolved: ResolvedModel | None = None, device: str | None = None,
+               precision: str = "auto"):
+    """Load the base model in the precision policy's compute dtype, straight onto its device, quantized on
+    load when the spec asks (never fp32 first, then quantized or cast). `precision` is
+    `behavior.training.precision` (components.precision)."""
     from transformers import AutoModelForCausalLM
 
-    from components.quantize import bnb_config  # the one place bitsandbytes kwargs are written
+    from components.precision import resolve_precision
+    from components.quantize import bnb_config, pin_cpu_4bit_kernels  # the one place bitsandbytes kwargs are written
 
     resolved = resolved or resolve_model(spec)
+    compute = resolve_precision(precision, device)
     kwargs = _load_kwargs(spec, resolved)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.quantization is not None:
-        kwargs["quantization_config"] = bnb_config(spec.quantization, device)
-        kwargs["device_map"] = {"": device}
-        kwargs["dtype"] = torch.float32 if device == "cpu" else torch.bfloat16
-    else:
-        kwargs["dtype"] = torch.float32
+    kwargs["dtype"] = compute.dtype  # the frozen base, and a quantized base's non-4-bit layers
     if spec.quantization is None:
-        return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs).to(device)
-    cache = _quantized_cache_dir(spec, resolved, device, kwargs["quantization_config"])
+        if compute.device == "cpu":
+            return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        # device_map streams each tensor to the device as it is read: no host copy of the whole model
+        return AutoModelForCausalLM.from_pretrained(resolved.path, device_map={"": compute.device}, **kwargs)
+    kwargs["quantization_config"] = bnb_config(spec.quantization, compute.dtype)
+    kwargs["device_map"] = {"": compute.device}
+    cache = _quantized_cache_dir(spec, resolved, compute.device, kwargs["quantization_config"])
     model = _load_quantized_cache(cache, kwargs) if cache is not None else None
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
         _release_checkpoint_mapping(model)
         if cache is not None:
             _save_quantized_cache(model, cache)
+    if compute.device == "cpu":
+        pin_cpu_4bit_kernels(model)  # the same numbers on every x86 CPU (components.quantize)
     return model
 
 

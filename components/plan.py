@@ -14,10 +14,6 @@ from components.gates import promotion_rule
 from components.route import route
 from components.spec import PROMPT_LEARNING, TaskSpec
 
-# Bytes per trainable parameter during training: fp32 weight copy + grad + two AdamW moments.
-_BYTES_PER_TRAINABLE = 4 + 4 + 8
-
-
 def derived_defaults(spec: TaskSpec) -> dict:
     """The defaults we fill in, so a user sees exactly what will run (STYLE.md 6)."""
     out: dict = {}
@@ -64,30 +60,49 @@ def data_stats(spec: TaskSpec, folder: Path) -> dict:
     return out
 
 
-def memory_estimate(spec: TaskSpec, config: dict, trainable: int, total: int) -> dict:
-    """A rough upper bound for training memory, with its parts, in MB."""
-    quant = spec.base_model.quantization
-    weight_bytes = 4.0 if quant is None else (0.5 + 0.0625 if quant.bits == 4 else 1.0 + 0.03)
-    frozen = total - trainable
+# How far the estimate was from measured peaks (docs/memory.md): H200, Llama-2-7B shape, r=8 q,v, 512 tokens.
+ESTIMATE_ERROR = "-4 % to +6 % against torch.cuda.max_memory_allocated on an H200 at the Llama-2-7B shape (docs/memory.md)"
+ASSUMED_GPU_GB = 80  # planning for a GPU from a machine without one
+
+
+def memory_estimate(spec: TaskSpec, config: dict, trainable: int, device: str, stats: dict | None = None) -> dict:
+    """Training memory on `device` (cpu | cuda) for the spec's precision and checkpointing, in MB, with the
+    `gradient_checkpointing: auto` decision and the total of the other choice."""
+    import torch
+
+    from components import memory
+    from components.precision import DTYPES
+
     training = spec.behavior.training
-    seq = training.max_seq_len + (getattr(spec.behavior.adapter, "num_virtual_tokens", 0) or 0)
-    hidden, layers = config.get("hidden_size", 0), config.get("num_hidden_layers", 0)
-    inter = config.get("intermediate_size", 4 * hidden)
-    # Activations kept for backward per token per layer: ~ (10*hidden + 3*intermediate) floats.
-    act = training.batch_size * seq * layers * (10 * hidden + 3 * inter) * 4
-    logits = training.batch_size * seq * config.get("vocab_size", 0) * 4 * 2
-    parts = {
-        "weights_mb": frozen * weight_bytes / 2**20,
-        "trainable_state_mb": trainable * _BYTES_PER_TRAINABLE / 2**20,
-        "activations_mb": act / 2**20,
-        "logits_mb": logits / 2**20,
+    name = training.precision if training.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    bits = torch.finfo(DTYPES[name]).bits
+    seq = training.max_seq_len
+    answer_share = 0.5
+    if stats and "train" in stats and not training.packing:
+        seq = min(seq, stats["train"]["max"])  # grouped batches are as long as their longest row
+        answer_share = stats["train"]["answer_tokens"] / max(1, stats["train"]["tokens"])
+    seq += getattr(spec.behavior.adapter, "num_virtual_tokens", 0) or 0
+    quant = spec.base_model.quantization
+    common = dict(trainable=trainable, batch_size=training.batch_size, seq_len=seq, compute_bits=bits,
+                  quant_bits=quant.bits if quant else None, answer_share=answer_share)
+    without = memory.estimate(config, checkpointing=False, **common)
+    with_ckpt = memory.estimate(config, checkpointing=True, **common)
+    if device == "cuda" and not torch.cuda.is_available():
+        device_bytes, device_note = ASSUMED_GPU_GB * 2**30, "no GPU here: assumed"
+    else:
+        device_bytes, device_note = memory.device_memory_bytes(device), "this machine,"
+    enabled, why = memory.decide_checkpointing(training.gradient_checkpointing, without, device_bytes, quant is not None)
+    chosen, other = (with_ckpt, without) if enabled else (without, with_ckpt)
+    return {
+        "device": f"{device} ({device_note} {device_bytes / 2**30:.0f} GB)", "compute_dtype": name,
+        **chosen.to_dict(),
+        "gradient_checkpointing": {"requested": training.gradient_checkpointing, "enabled": enabled, "why": why},
+        "other_choice_total_mb": round(other.total_mb, 1),
+        "error": ESTIMATE_ERROR,
     }
-    parts = {k: round(v, 1) for k, v in parts.items()}
-    parts["total_mb"] = round(sum(parts.values()), 1)
-    return parts
 
 
-def make_plan(spec: TaskSpec, spec_file: str | None = None) -> dict:
+def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None = None) -> dict:
     from components.specload import spec_to_dict
 
     decision = route(spec)
@@ -111,7 +126,6 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None) -> dict:
     config = json.loads((folder / "config.json").read_text())
     trainable, total = count_parameters_meta(folder, spec.behavior.adapter)
     plan["parameters"] = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
-    plan["memory_estimate"] = memory_estimate(spec, config, trainable, total)
     if spec.behavior.adapter.method in PROMPT_LEARNING:
         plan["notes"].append("prompt-learning method: virtual tokens count towards max_seq_len at training time")
     stats = data_stats(spec, folder)
@@ -119,4 +133,7 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None) -> dict:
         plan["notes"].append(stats["skipped"])
     else:
         plan["data"] = stats
+    from components.precision import default_device
+
+    plan["memory_estimate"] = memory_estimate(spec, config, trainable, device or default_device(), plan.get("data"))
     return plan

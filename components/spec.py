@@ -304,6 +304,15 @@ class TrainingSpec(Strict):
     packing: bool = Field(
         False, description="pack examples into max_seq_len rows; default groups by length (measured faster here)"
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="compute dtype of the frozen base and autocast: auto = bf16 on a GPU that supports it, "
+        "else fp16; fp32 on CPU. Trainable weights stay fp32. Evaluation and serving use the same policy"
+    )
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto", description="recompute activations in backward (non-reentrant): ~0.75x speed for a fraction of "
+        "the activation memory; auto = on when the activation estimate is over 25% of the device's memory, or "
+        "over the weights' memory on a quantized base (docs/memory.md)"
+    )
 
 
 class BehaviorSpec(Strict):

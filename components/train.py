@@ -2,7 +2,12 @@
 
     data (tokenized, checked before any model load) -> apply the method -> AdamW + warmup/decay
     -> loop: grad-accumulated micro-batches, clip, step, periodic eval, checkpoints
-    -> generation check -> adapter/ (peft save_pretrained) + train_record.json + metrics.json
+    -> adapter/ (peft save_pretrained) + train_record.json + metrics.json -> generation check
+
+Precision follows `training.precision` (components.precision): the base computes in bf16 on a GPU,
+fp32 on CPU, trainable weights stay fp32. `training.gradient_checkpointing` recomputes activations
+in backward (non-reentrant) when `auto` finds they would not fit comfortably (components.memory).
+The adapter is saved before the generation check, so a failed check never loses a trained adapter.
 
 The loss is the mean cross-entropy over answer tokens of an optimizer step (summed over its
 micro-batches, divided once), computed on answer positions only (`logits_to_keep`), so packed
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from components import checkpoint, methods
+from components import checkpoint, memory, methods
 from components.batching import Batch, eval_batches, micro_batches
 from components.data import (
     IGNORE_INDEX,
@@ -41,6 +46,7 @@ from components.data import (
     render_prompt,
     tokenize_examples,
 )
+from components.precision import Precision, resolve_precision
 from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, BehaviorSpec, TaskSpec, TrainingSpec
 
 Progress = Callable[[int, int, dict], None]
@@ -53,7 +59,12 @@ class TrainingDivergedError(RuntimeError):
 
 
 class GenerationCheckError(RuntimeError):
-    """`generate` ignores or misapplies the adapter: the adapter is not shipped."""
+    """`generate` ignores or misapplies the adapter: the adapter (saved) is not shipped. `.result` says
+    what was compared."""
+
+    def __init__(self, result: dict):
+        super().__init__(result["failure"])
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,9 @@ class TrainRecord:
     eval_history: list[list[float]] = field(default_factory=list)  # [step, eval loss]
     data: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)  # requested, compute dtype, device
+    gradient_checkpointing: dict = field(default_factory=dict)  # requested, enabled, why, memory estimate
+    peak_device_memory_mb: float | None = None  # torch.cuda.max_memory_allocated on a GPU
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,25 +149,27 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def batch_loss(model, batch: Batch) -> torch.Tensor:
+def batch_loss(model, batch: Batch, precision: Precision | None = None) -> torch.Tensor:
     """Summed cross-entropy over the batch's answer tokens; logits only where a target exists."""
     device = _device(model)
+    precision = precision or resolve_precision("auto", device.type)
     keep = (batch.targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     offset = methods.virtual_token_offset(model)
     inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
         logits = model(**inputs, logits_to_keep=(keep + offset).to(device), use_cache=False).logits
     targets = batch.targets[:, keep].to(device)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 @torch.no_grad()
-def evaluate_loss(model, data: TokenizedSet, spec: TrainingSpec, packed: bool, pad_id: int) -> float:
+def evaluate_loss(model, data: TokenizedSet, spec: TrainingSpec, packed: bool, pad_id: int,
+                  precision: Precision | None = None) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in eval_batches(data.examples, spec.batch_size, packed, spec.max_seq_len, pad_id):
-        total += batch_loss(model, batch).item()
+        total += batch_loss(model, batch, precision).item()
         count += batch.n_targets
     model.train(was_training)
     return total / max(1, count)
@@ -167,6 +183,7 @@ class Greedy:
     texts: list[str]
     sequences: list[torch.Tensor]  # generated ids only
     first_scores: list[torch.Tensor]  # logits of the first generated token
+    agrees: list[bool] = field(default_factory=list)  # each decode agrees with a cache-free forward pass
 
 
 def _prompt_text(tokenizer, prompt) -> str:
@@ -174,7 +191,8 @@ def _prompt_text(tokenizer, prompt) -> str:
 
 
 @torch.no_grad()
-def greedy(model, tokenizer, prompts: list, max_new_tokens: int = GENERATION_TOKENS) -> Greedy:
+def greedy(model, tokenizer, prompts: list, max_new_tokens: int = GENERATION_TOKENS, tolerance: float | None = None) -> Greedy:
+    """Greedy decodes of `prompts`; with `tolerance`, also whether each agrees with the model's own forward pass."""
     out = Greedy([], [], [])
     model.eval()
     for prompt in prompts:
@@ -188,12 +206,14 @@ def greedy(model, tokenizer, prompts: list, max_new_tokens: int = GENERATION_TOK
         out.sequences.append(new)
         out.first_scores.append(gen.scores[0][0].float().cpu())
         out.texts.append(tokenizer.decode(new, skip_special_tokens=True))
+        if tolerance is not None:
+            out.agrees.append(_agrees_with_forward(model, tokenizer, prompt, new, tolerance))
     return out
 
 
 @torch.no_grad()
 def _agrees_with_forward(model, tokenizer, prompt, generated: torch.Tensor, tol: float = 1e-3) -> bool:
-    """Each generated token is the argmax (within tol) of a plain, cache-free forward pass."""
+    """Each generated token is the argmax, within `tol` x max|logit|, of a plain, cache-free forward pass."""
     ids = tokenizer(_prompt_text(tokenizer, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
     full = torch.cat([ids, generated.unsqueeze(0)], dim=1).to(_device(model))
     n = generated.shape[0]
@@ -202,35 +222,51 @@ def _agrees_with_forward(model, tokenizer, prompt, generated: torch.Tensor, tol:
     return bool((chosen >= logits.max(1).values - tol * logits.abs().max().clamp(min=1)).all())
 
 
-def generation_check(base_model, tuned_model, tokenizer, prompts: list, *, base_outputs: Greedy | None = None) -> dict:
-    """Raise GenerationCheckError unless `generate` runs and is changed by the adapter, and agrees with
-    the tuned model's own forward pass (prompt-learning adapters ignored by `generate`: peft issues
-    2123, 2131). For peft models the base is the same model with the adapter disabled; selective/full
-    change the base in place, so pass `base_outputs` computed before training."""
-    tuned = greedy(tuned_model, tokenizer, prompts)
+def generation_check(base_model, tuned_model, tokenizer, prompts: list, *, base_outputs: Greedy | None = None,
+                     tolerance: float = 1e-3, dtype: str = "fp32", adapter_dir: Path | None = None) -> dict:
+    """Check that `generate` runs, is changed by the adapter, and agrees with the tuned model's own forward
+    pass wherever the base model's does. Decoding token by token and one full forward pass round differently
+    (1-4 bf16 steps on a GPU, more on a 4-bit base), so a disagreement only counts against the adapter when
+    the base, checked the same way at the same `tolerance`, agrees on that prompt. For peft models the base
+    is the same model with the adapter disabled; selective/full change the base in place, so pass
+    `base_outputs` computed (with `tolerance`) before training. Returns what was compared; raises
+    GenerationCheckError with it on a failure (the adapter at `adapter_dir` is kept)."""
+    tuned = greedy(tuned_model, tokenizer, prompts, tolerance=tolerance)
     if base_outputs is None:
         if isinstance(tuned_model, PeftModel):
             with tuned_model.disable_adapter():
-                base_outputs = greedy(tuned_model, tokenizer, prompts)
+                base_outputs = greedy(tuned_model, tokenizer, prompts, tolerance=tolerance)
         else:
-            base_outputs = greedy(base_model, tokenizer, prompts)
+            base_outputs = greedy(base_model, tokenizer, prompts, tolerance=tolerance)
     diff = max((t - b).abs().max().item() for t, b in zip(tuned.first_scores, base_outputs.first_scores, strict=True))
-    if diff < 1e-5:
-        raise GenerationCheckError(
-            f"generate() output is identical to the base model's (max logit diff {diff:.1e}): the adapter is "
-            "ignored at generation (peft issues 2123/2131 for prompt-learning methods) or did not train; "
-            "not shipping it: use another adapter.method (e.g. lora) or another peft version"
-        )
-    bad = [i for i, p in enumerate(prompts) if not _agrees_with_forward(tuned_model, tokenizer, p, tuned.sequences[i])]
-    if bad:
-        raise GenerationCheckError(
-            f"generate() disagrees with the tuned model's forward pass on {len(bad)} of {len(prompts)} prompts: "
-            "the adapter is misapplied during generation (peft issues 2123/2131); not shipping it: "
-            "use another adapter.method (e.g. lora) or another peft version"
-        )
     changed = sum(not torch.equal(t, b) for t, b in zip(tuned.sequences, base_outputs.sequences, strict=True))
-    samples = [{"base": b, "tuned": t} for b, t in zip(base_outputs.texts, tuned.texts, strict=True)]
-    return {"prompts": len(prompts), "changed_outputs": changed, "max_first_logit_diff": diff, "samples": samples}
+    base_agrees = base_outputs.agrees or [True] * len(prompts)
+    result = {
+        "passed": True, "prompts": len(prompts), "max_new_tokens": GENERATION_TOKENS, "compute_dtype": dtype,
+        "tolerance": f"{tolerance:.3g} x max|logit|",
+        "compared": "greedy generate() (KV cache) against one cache-free forward pass of the same tokens, "
+                    "tuned model and base (adapter disabled) alike",
+        "base_agrees": sum(base_agrees), "tuned_agrees": sum(tuned.agrees), "changed_outputs": changed,
+        "max_first_logit_diff": diff,
+        "samples": [{"base": b, "tuned": t} for b, t in zip(base_outputs.texts, tuned.texts, strict=True)],
+    }
+    kept = f"; the trained adapter is kept at {adapter_dir}" if adapter_dir is not None else ""
+    if diff < 1e-5:
+        result["passed"] = False
+        result["failure"] = (
+            f"generate() output is identical to the base model's (max first-token logit diff {diff:.1e}): the adapter "
+            f"is ignored at generation or did not train{kept}. Train longer or with a higher training.lr, or use another "
+            "adapter.method (e.g. lora)")
+    bad = [i for i, (t, b) in enumerate(zip(tuned.agrees, base_agrees, strict=True)) if b and not t]
+    if bad and result["passed"]:
+        result["passed"] = False
+        result["failure"] = (
+            f"generate() disagrees with the tuned model's own forward pass on prompts {bad} of {len(prompts)}, where the "
+            f"base model agrees (tolerance {tolerance:.3g} x max|logit| in {dtype}): the adapter is applied differently "
+            f"during generation than in training{kept}. Use another adapter.method (e.g. lora) or another peft version")
+    if not result["passed"]:
+        raise GenerationCheckError(result)
+    return result
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -250,20 +286,32 @@ def train(
     model, tokenizer, behavior: BehaviorSpec, out_dir: Path, *, progress: Progress | None = None,
     data: PreparedData | None = None,
 ) -> TrainRecord:
-    """Apply `behavior.adapter` to `model` (as `load_model` returns it), train, check, save."""
+    """Apply `behavior.adapter` to `model` (as `load_model` returns it, in `training.precision`), train, save,
+    check. A failed generation check raises GenerationCheckError after the adapter and record are saved."""
     started, spec, out_dir = time.time(), behavior.training, Path(out_dir)
+    precision = resolve_precision(spec.precision, _device(model).type)
     data = data or prepare_data(behavior, tokenizer)
     per_epoch, total = plan_steps(len(data.train), spec)
     packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING  # soft prompts are per row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [prompt_messages(e) for e in (data.eval_examples or data.train_examples)[:GENERATION_PROMPTS]]
     weights_method = behavior.adapter.method in WEIGHT_METHODS
-    base_outputs = greedy(model, tokenizer, prompts) if weights_method else None  # the base changes in place
+    tolerance = precision.logit_tolerance
+    base_outputs = greedy(model, tokenizer, prompts, tolerance=tolerance) if weights_method else None  # base changes in place
+    if _device(model).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
-    # setup: method, optimizer, schedule, resume
+    # setup: method, precision, checkpointing, optimizer, schedule, resume
     seed_everything(spec.seed)
     model = methods.apply_method(model, behavior.adapter, total_steps=total, tokenizer=tokenizer)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for param in named.values():  # trainable weights stay fp32 whatever the base computes in
+        if param.dtype != torch.float32:
+            param.data = param.data.float()
+    checkpointing = _checkpointing(model, behavior, data, precision, trainable=sum(p.numel() for p in named.values()))
+    if checkpointing["enabled"]:
+        methods.enable_gradient_checkpointing(model)
+    scaler = torch.amp.GradScaler(precision.device, enabled=precision.grad_scaler)
     optimizer = torch.optim.AdamW(list(named.values()), lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, spec))
     state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "train_seconds": 0.0, "loss_curve": [], "eval_history": []}
@@ -292,18 +340,20 @@ def train(
         n_targets = sum(b.n_targets for _, _, b in batches)
         step_loss = 0.0
         for _, _, batch in batches:
-            loss = batch_loss(model, batch) / max(1, n_targets)
+            loss = batch_loss(model, batch, precision) / max(1, n_targets)
             extra = methods.extra_loss(model)
             if extra is not None:
                 loss = loss + extra / spec.grad_accum
             if not torch.isfinite(loss):
                 _diverged(state, out_dir, last, f"training loss is {loss.item()}", spec)
-            loss.backward()
+            scaler.scale(loss).backward()
             step_loss += loss.item()
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
-        if not torch.isfinite(grad_norm):
+        if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips the step, backs off
             _diverged(state, out_dir, last, f"gradient norm is {grad_norm.item()}", spec)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         methods.after_optimizer_step(model, state["step"] + 1)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -317,7 +367,7 @@ def train(
         state["loss_curve"].append([state["step"], step_loss])
         step = state["step"]
         if data.eval is not None and (step % eval_every == 0 or step == total):
-            state["eval_history"].append([step, evaluate_loss(model, data.eval, spec, packed, pad_id)])
+            state["eval_history"].append([step, evaluate_loss(model, data.eval, spec, packed, pad_id, precision)])
             bar.write(f"[adaptflow] step {step}/{total}: train loss {step_loss:.4f}, eval loss {state['eval_history'][-1][1]:.4f}")
         if step % ckpt_every == 0 or step == total:
             method_tensors, method_meta = methods.method_state(model)
@@ -334,8 +384,7 @@ def train(
             progress(step, total, metrics)
     bar.close()
 
-    # check and save
-    generation = generation_check(model, model, tokenizer, prompts, base_outputs=base_outputs)
+    # save, then check: a failed check keeps the adapter and says what was compared
     adapter_dir = out_dir / "adapter"
     tmp = out_dir / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -353,11 +402,41 @@ def train(
         final_eval_loss=state["eval_history"][-1][1] if state["eval_history"] else None,
         resumed_from_step=resumed_from, loss_curve=state["loss_curve"], eval_history=state["eval_history"],
         data={"train": data.train.stats.to_dict(), "eval": data.eval.stats.to_dict() if data.eval else None},
-        generation=generation,
+        generation={"passed": None, "pending": "the generation check runs after the adapter is saved"},
+        precision=precision.to_dict(), gradient_checkpointing=checkpointing,
+        peak_device_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if precision.device.startswith("cuda") else None,
     )
     _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
     _write_json(out_dir / "train_record.json", record.to_dict())
+    if checkpointing["enabled"]:
+        methods.disable_gradient_checkpointing(model)
+    try:
+        record.generation = generation_check(model, model, tokenizer, prompts, base_outputs=base_outputs,
+                                             tolerance=tolerance, dtype=precision.name, adapter_dir=adapter_dir)
+    except GenerationCheckError as exc:
+        record.generation = exc.result
+        raise
+    finally:
+        _write_json(out_dir / "train_record.json", record.to_dict())
     return record
+
+
+def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision: Precision, trainable: int) -> dict:
+    """Resolve `training.gradient_checkpointing` from the memory estimate for the longest micro-batch."""
+    spec = behavior.training
+    examples = data.train.examples
+    packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING
+    longest = spec.max_seq_len if packed else max((len(e) for e in examples), default=spec.max_seq_len)
+    seq = min(spec.max_seq_len, longest) + (getattr(behavior.adapter, "num_virtual_tokens", 0) or 0)
+    answer_share = sum(e.n_answer_tokens for e in examples) / max(1, sum(len(e) for e in examples))
+    quant = 4 if getattr(model, "is_loaded_in_4bit", False) else 8 if getattr(model, "is_loaded_in_8bit", False) else None
+    without = memory.estimate(model.config.to_dict(), trainable=trainable, batch_size=spec.batch_size, seq_len=seq,
+                              compute_bits=torch.finfo(precision.dtype).bits, quant_bits=quant, checkpointing=False,
+                              answer_share=answer_share)
+    enabled, why = memory.decide_checkpointing(spec.gradient_checkpointing, without,
+                                               memory.device_memory_bytes(precision.device), quant is not None)
+    return {"requested": spec.gradient_checkpointing, "enabled": enabled, "why": why,
+            "estimate_without_mb": round(without.total_mb, 1)}
 
 
 def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec) -> None:
@@ -380,5 +459,5 @@ def train_task(task: TaskSpec, out_dir: Path, *, progress: Progress | None = Non
     resolved = resolve_model(task.base_model)
     tokenizer = load_tokenizer(task.base_model, resolved)
     data = prepare_data(task.behavior, tokenizer)  # bad data fails here, before the model is loaded
-    model = load_model(task.base_model, resolved)
+    model = load_model(task.base_model, resolved, precision=task.behavior.training.precision)
     return train(model, tokenizer, task.behavior, out_dir, progress=progress, data=data)

@@ -68,7 +68,13 @@ def render_plan(plan: dict) -> str:
         lines += ["", "## parameters", f"  trainable {_fmt_int(p['trainable'])} of {_fmt_int(p['total'])} ({p['percent']:.4f} %)"]
     if "memory_estimate" in plan:
         m = plan["memory_estimate"]
-        lines.append("  training memory estimate: " + ", ".join(f"{k.removesuffix('_mb')} {v:,.0f} MB" for k, v in m.items()))
+        ckpt = m["gradient_checkpointing"]
+        parts = ", ".join(f"{k.removesuffix('_mb')} {m[k]:,.0f}" for k in m if k.endswith("_mb") and k[:5] not in ("total", "other"))
+        lines += ["", f"## training memory on {m['device']}, {m['compute_dtype']}",
+                  f"  estimate {m['total_mb'] / 1024:,.2f} GB ({parts} MB)",
+                  f"  gradient checkpointing {'on' if ckpt['enabled'] else 'off'} ({ckpt['why']}); "
+                  f"{'off' if ckpt['enabled'] else 'on'}: {m['other_choice_total_mb'] / 1024:,.2f} GB",
+                  f"  error of this estimate: {m['error']}"]
     for split, st in plan.get("data", {}).items():
         lines.append(
             f"  {split}: {st['count']} examples, {st['tokens']:,} tokens ({st['answer_tokens']:,} answer), "
@@ -84,6 +90,8 @@ def plan(
     spec: Path = typer.Argument(..., help="spec file"),
     workspace: Path | None = WorkspaceOpt,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda: plan training memory for this device "
+                                      "(default: this machine's)"),
 ) -> None:
     """Show the resolved spec, the route, data statistics, trainable parameters and a memory estimate."""
     from components.plan import make_plan
@@ -93,5 +101,5 @@ def plan(
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    result = make_plan(task, str(spec))
+    result = make_plan(task, str(spec), device=device)
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else render_plan(result))

@@ -54,7 +54,7 @@ def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
     resolved = resolve_model(spec.base_model)
     tokenizer = load_tokenizer(spec.base_model, resolved)
     data = prepare_data(spec.behavior, tokenizer)  # bad data fails here, before the model loads
-    model = load_model(spec.base_model, resolved)
+    model = load_model(spec.base_model, resolved, precision=spec.behavior.training.precision)
     work = store().work("train", key)
     record = train(model, tokenizer, spec.behavior, work, progress=progress, data=data)
     return store().commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
