@@ -21,7 +21,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Relative logit tolerance of a cached-vs-uncached decode comparison: a few rounding steps of the
 # dtype's mantissa (bf16 2^-8, fp16 2^-11). Token-by-token decoding and one full forward pass sum in
 # a different order and differ by 1-4 bf16 steps on an H200 (the NF4 base failed 9 of 16 prompts at 1e-3).
-_ROUNDING_STEPS = 8
+_ROUNDING_STEPS = 4
 _FP32_TOLERANCE = 1e-3
 
 

@@ -35,7 +35,8 @@ def bnb_config(spec: QuantizationSpec, compute_dtype: torch.dtype):
 def pin_cpu_4bit_kernels(model, fused_bf16: bool = False) -> int:
     """Choose the CPU 4-bit kernel of every bitsandbytes layer: the portable dequantize + matmul path
     (default), or bitsandbytes' fused bf16 kernel where the host has AVX512-BF16 (`fused_bf16=True`,
-    for tests that show the difference). Undoes a repack already done. Returns the layers pinned."""
+    for tests that show the difference). `load_model` pins before the first forward pass; on a layer already
+    repacked it restores the portable layout (its absmax stays rounded to bf16). Returns the layers pinned."""
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, has_avx512bf16
     from bitsandbytes.nn import Linear4bit
 

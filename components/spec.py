@@ -285,6 +285,7 @@ AdapterSpec = Annotated[
 ]
 PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning"}
 WEIGHT_METHODS = {"full", "selective"}  # train base tensors: no 4/8-bit base, a private copy when served
+NO_CHECKPOINTING = {"prefix_tuning"}  # its prefix is passed as past key values, which checkpointed layers drop
 
 
 class TrainingSpec(Strict):
@@ -319,6 +320,16 @@ class BehaviorSpec(Strict):
     data: BehaviorDataSpec
     adapter: AdapterSpec = LoraSpec()
     training: TrainingSpec = TrainingSpec()
+
+    @model_validator(mode="after")
+    def _prefix_tuning_cannot_checkpoint(self) -> BehaviorSpec:
+        if self.adapter.method in NO_CHECKPOINTING and self.training.gradient_checkpointing is True:
+            raise ValueError(
+                f"training.gradient_checkpointing is true but adapter.method is '{self.adapter.method}', whose prefix "
+                "travels as the KV cache that checkpointed layers drop; set `gradient_checkpointing: false` (or auto), "
+                "or use prompt_tuning / p_tuning, which checkpoint"
+            )
+        return self
 
 
 # --- knowledge: documents, chunking, embedder, index -----------------------------------------

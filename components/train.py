@@ -47,7 +47,7 @@ from components.data import (
     tokenize_examples,
 )
 from components.precision import Precision, resolve_precision
-from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, BehaviorSpec, TaskSpec, TrainingSpec
+from components.spec import NO_CHECKPOINTING, PROMPT_LEARNING, WEIGHT_METHODS, BehaviorSpec, TaskSpec, TrainingSpec
 
 Progress = Callable[[int, int, dict], None]
 GENERATION_PROMPTS = 4
@@ -433,8 +433,11 @@ def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision:
     without = memory.estimate(model.config.to_dict(), trainable=trainable, batch_size=spec.batch_size, seq_len=seq,
                               compute_bits=torch.finfo(precision.dtype).bits, quant_bits=quant, checkpointing=False,
                               answer_share=answer_share)
-    enabled, why = memory.decide_checkpointing(spec.gradient_checkpointing, without,
-                                               memory.device_memory_bytes(precision.device), quant is not None)
+    if behavior.adapter.method in NO_CHECKPOINTING:  # the spec refuses `true` for these
+        enabled, why = False, f"{behavior.adapter.method}: its prefix is the KV cache, which checkpointed layers drop"
+    else:
+        enabled, why = memory.decide_checkpointing(spec.gradient_checkpointing, without,
+                                                   memory.device_memory_bytes(precision.device), quant is not None)
     return {"requested": spec.gradient_checkpointing, "enabled": enabled, "why": why,
             "estimate_without_mb": round(without.total_mb, 1)}
 
