@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.train_speed            # ~6-10 min on 2 CPU cores
 
-Baseline: what a user would write by hand: `Trainer` with `DataCollatorForSeq2Seq` (pad to the
+Baseline: what a user would write by hand: `Trainer` (bf16=True on a GPU, the same gradient-checkpointing
+setting as our run) with `DataCollatorForSeq2Seq` (pad to the
 longest example of each batch), the same tokenized examples (prompt masked, EOS kept), the same
 LoRA config, lr, schedule, batch size, epochs and seed. Both runs see the same examples the same
 number of times. Speed is the ratio of training wall times (= tokens/s ratio, since the token
@@ -80,10 +81,10 @@ def run_adaptflow(behavior, out: Path) -> dict:
     tuned = load_adapter(load_model(base), out / "adapter")
     data = prepare_data(behavior, tok)
     return {"seconds": record.train_seconds, "tokens": record.train_tokens, "batching": record.batching,
-            "eval_loss": eval_loss(tuned, data.eval, behavior, tok.pad_token_id)}
+            "checkpointing": record.gradient_checkpointing["enabled"], "eval_loss": eval_loss(tuned, data.eval, behavior, tok.pad_token_id)}
 
 
-def run_hf_trainer(behavior, out: Path) -> dict:
+def run_hf_trainer(behavior, out: Path, checkpointing: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -109,6 +110,9 @@ def run_hf_trainer(behavior, out: Path) -> dict:
         learning_rate=t.lr, lr_scheduler_type=t.schedule, warmup_steps=warmup, seed=t.seed,
         logging_steps=10, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
+        # the fair baseline: bf16 mixed precision on a GPU, as our loop's precision policy; the same checkpointing
+        bf16=torch.cuda.is_available(), gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows,
                       data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
@@ -126,7 +130,7 @@ def run() -> dict:
         train, evals = write_data(folder)
         behavior = behavior_spec(train, evals)
         ours = run_adaptflow(behavior, folder / "adaptflow")
-        hf = run_hf_trainer(behavior, folder / "hf")
+        hf = run_hf_trainer(behavior, folder / "hf", checkpointing=ours["checkpointing"])
     loss_gap = abs(ours["eval_loss"] - hf["eval_loss"]) / hf["eval_loss"]
     return {
         "train_tokens_per_s_ratio": round(hf["seconds"] / ours["seconds"], 2),

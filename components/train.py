@@ -377,7 +377,7 @@ def train(
         metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": run_tokens / max(run_seconds, 1e-9),
                    "epoch": epoch + (index + 1) / math.ceil(len(data.train) / spec.batch_size),
                    "eval_loss": state["eval_history"][-1][1] if state["eval_history"] else None,
-                   "eta_s": (total - step) * (time.time() - started) / (step - first_step)}
+                   "eta_s": (total - step) * (time.time() - started) / (step - first_step), "tokens": state["tokens"]}
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
         if progress is not None:
