@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,10 @@ from components.spec import (
     QLoraSpec,
     SelectiveSpec,
 )
+
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in every PeftModel constructor: a warning
+# about peft's code on every load and training run, which no user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 CAUSAL_LM = TaskType.CAUSAL_LM
 METHOD_FILE = "adaptflow_adapter.json"  # the spec that built the adapter (lineage), in every adapter folder
@@ -220,7 +225,10 @@ def enable_gradient_checkpointing(model) -> None:
     checkpointing needs no input that requires grad; prompt learning gets `enable_input_require_grads`
     anyway, as peft recommends, so the soft prompt's gradient never depends on which variant runs."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name warns there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
     if is_prompt_learning(model):
         base.enable_input_require_grads()
@@ -228,7 +236,8 @@ def enable_gradient_checkpointing(model) -> None:
 
 def disable_gradient_checkpointing(model) -> None:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    base.gradient_checkpointing_disable()
+    (base.activation_checkpointing_disable if hasattr(base, "activation_checkpointing_disable")
+     else base.gradient_checkpointing_disable)()
     base.config.use_cache = True
     if is_prompt_learning(model) and hasattr(base, "disable_input_require_grads"):
         base.disable_input_require_grads()
