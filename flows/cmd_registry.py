@@ -68,6 +68,9 @@ def render_version(version: Version, aliases: dict[str, int]) -> str:
     here = [a for a, n in sorted(aliases.items()) if n == version.number]
     route = m.get("route") or {}
     base = m.get("base_model") or {}
+    volatile = m.get("volatile") or {}
+    git_commit = m.get("git_commit", volatile.get("git_commit"))  # lineage moved to volatile: not content
+    git_dirty = m.get("git_dirty", volatile.get("git_dirty"))
     lines = [
         f"{version.ref}" + (f"  ({', '.join(here)})" if here else ""),
         f"  path:        {version.path}",
@@ -77,8 +80,8 @@ def render_version(version: Version, aliases: dict[str, int]) -> str:
         f"  route:       {route.get('decision', '-')}",
         *[f"    - {reason}" for reason in route.get("reasons") or []],
         f"  base_model:  {base.get('id', '-')} (revision {base.get('revision')}, weights {str(base.get('weights_hash'))[:12]})",
-        f"               loads from {base.get('path', '-')}",
-        f"  git:         {m.get('git_commit') or 'not in git'}" + (" (dirty)" if m.get("git_dirty") else ""),
+        f"               loads from {base.get('path', volatile.get('base_model_path', '-'))}",
+        f"  git:         {git_commit or 'not in git'}" + (" (dirty)" if git_dirty else ""),
         "  metrics:     " + (", ".join(f"{k}={v}" for k, v in (m.get("metrics") or {}).items()) or "-"),
         f"  gates:       {gate_status(m)}: {gate_summary(m)}",
         f"  files:       {len(version.files)} ({', '.join(sorted({f.split('/')[0] for f in version.files})) or '-'})",

@@ -20,6 +20,7 @@ from components.spec import TaskSpec
 from components.specload import load_spec
 from flows import artifacts, keys
 from flows.keys import store
+from vectorstore.persist import split_volatile
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,34 @@ def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, 
     record = json.loads((trained.path / "train_record.json").read_text()) if trained else None
     system = System(f"{spec.name}@candidate", spec, adapter, index)
     work = store().work("eval", key)
-    evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record,
-             progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"))
-    return store().commit("eval", key, {})
+    report = evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record,
+                      progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"))
+    return store().commit("eval", key, {"timings": report["timings"]})
 
 
 def evaluation_flow_stage(spec, decision, trained, indexed) -> StageResult:
     key = keys.eval_key(spec, decision, trained, indexed)
     return _run_stage("eval", key, lambda: evaluate_arms(spec, decision, trained, indexed, key))
+
+
+# How a run went, not what it made: wall times, memory, whether it resumed. They go to the manifest's
+# volatile section, so two runs of the same inputs register one version (components.registry_files).
+VOLATILE_TRAIN_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "peak_rss_mb", "resumed_from_step")
+
+
+def _stage_info(result: StageResult) -> dict:
+    import json
+
+    marker = result.path / "stage.json"
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def _machine_facts(manifest: dict) -> dict:
+    """Where this machine keeps the base model and which checkout ran: lineage, not content."""
+    facts = {"base_model_path": manifest["base_model"].pop("path", None)}
+    for key in ("git_commit", "git_dirty"):
+        facts[key] = manifest.pop(key, None)
+    return facts
 
 
 @task(name="register", cache_policy=NONE)
@@ -136,19 +157,23 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
 
     report = json.loads((evaluated.path / "eval" / "report.json").read_text())
     gates = evaluate_gates(spec.evaluation.gates if spec.evaluation else {}, report["metrics"])
+    volatile: dict = {"eval": _stage_info(evaluated).get("timings", {})}
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-stage-"))
     try:
         if trained:
             shutil.copytree(trained.path / "adapter", staging / "adapter")
-            shutil.copy2(trained.path / "train_record.json", staging / "adapter" / "train_record.json")
+            record = json.loads((trained.path / "train_record.json").read_text())
+            volatile["train"] = {k: record.pop(k) for k in VOLATILE_TRAIN_KEYS if k in record}
+            (staging / "adapter" / "train_record.json").write_text(json.dumps(record, indent=2))
         if indexed:
             shutil.copytree(indexed.path / "index", staging / "index")
+            volatile["index"] = split_volatile(_stage_info(indexed).get("index", {}))[1]
         shutil.copytree(evaluated.path / "eval", staging / "eval")
         manifest = manifest_base(
             spec, base_model=resolve_model(spec.base_model, verify=False), route=decision.label,
             reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=report["metrics"], gates=gates,
-            volatile={"efficiency": report.get("efficiency", {}), "eval_seconds": report.get("eval_seconds")},
         )
+        manifest["volatile"] = volatile | _machine_facts(manifest)
         manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, evaluated) if s}
         manifest |= extra or {}
         aliases = aliases or ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]

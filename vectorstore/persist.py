@@ -22,6 +22,22 @@ from vectorstore.docstore import DOCSTORE_FILE, read_docstore
 
 INDEX_FILE, INFO_FILE = "index.faiss", "index.json"
 FORMAT = "adaptflow-index/1"
+# How this build happened, not what it holds: wall times, when, and how much came from caches.
+# They stay in the returned info (and a registry manifest's volatile section) but out of index.json,
+# so two builds of the same corpus write the same bytes and register as one version.
+VOLATILE_KEYS = ("created_at", "build_seconds", "embedder_load_seconds", "update")
+VOLATILE_COUNTS = ("embedded", "cached", "kept")
+
+
+def split_volatile(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what index.json holds, the build's volatile facts)."""
+    stable = {k: v for k, v in info.items() if k not in VOLATILE_KEYS}
+    volatile = {k: info[k] for k in VOLATILE_KEYS if k in info}
+    counts = info.get("counts")
+    if isinstance(counts, dict):
+        stable["counts"] = {k: v for k, v in counts.items() if k not in VOLATILE_COUNTS}
+        volatile["counts"] = {k: v for k, v in counts.items() if k in VOLATILE_COUNTS}
+    return stable, volatile
 
 
 class IndexIntegrityError(ValueError):
@@ -101,7 +117,9 @@ def open_index_dir(index_dir: Path, verify: bool = True) -> tuple[dict[str, Any]
 
 
 def write_index_dir(out_dir: Path, writers: dict[str, Callable[[Path], None]], info: dict[str, Any]) -> dict[str, Any]:
-    """Write each file via its writer into a temp folder next to out_dir, add hashes to info, then swap it in."""
+    """Write each file via its writer into a temp folder next to out_dir, add hashes to info, then swap it in.
+
+    index.json gets `info` without its volatile facts (`split_volatile`); the full info is returned."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
@@ -113,7 +131,8 @@ def write_index_dir(out_dir: Path, writers: dict[str, Callable[[Path], None]], i
                 _fsync(tmp / name)
                 files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
             info = {**info, "files": files}
-            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            stable, _ = split_volatile(info)
+            (tmp / INFO_FILE).write_text(json.dumps(stable, indent=2) + "\n", encoding="utf-8")
             _fsync(tmp / INFO_FILE)
             old = None
             if out_dir.exists():

@@ -63,3 +63,25 @@ def test_failed_gate_registers_but_moves_no_alias(prefect_api, isolated, make_wo
     assert version.manifest["gates"]["passed"] is False
     assert Registry().aliases("tiny-knowledge") == {}
     assert set(json.loads((version.path / "eval" / "report.json").read_text())["arms"]) == {"base", "base+retrieval"}
+
+
+def test_two_runs_from_empty_caches_register_one_version(prefect_api, isolated, make_workspace, monkeypatch):
+    """A new $ADAPTFLOW_HOME (another machine, a cleared cache) retrains and re-embeds the same inputs:
+    wall times differ, the content does not, so the registry keeps one version."""
+    from flows.pipeline import adapt
+
+    spec = make_workspace(goal="both")
+    for home in ("home-a", "home-b"):
+        monkeypatch.setenv("ADAPTFLOW_HOME", str(isolated / home))
+        monkeypatch.setenv("ADAPTFLOW_STAGES", str(isolated / home / "stages"))
+        assert adapt(str(spec)) == "tiny-both@v1"
+        assert list((isolated / home / "stages" / "train").glob("*/stage.json")), "the stage did not run here"
+    [version] = Registry().versions("tiny-both")
+    volatile = version.manifest["volatile"]
+    assert volatile["eval"]["eval_seconds"] > 0 and "latency_p50_ms" in volatile["eval"]
+    assert volatile["train"]["train_seconds"] > 0 and "build_seconds" in volatile["index"]
+    info = json.loads((version.path / "index" / "index.json").read_text())
+    assert not {"created_at", "build_seconds", "update"} & set(info)
+    report = json.loads((version.path / "eval" / "report.json").read_text())
+    assert "eval_seconds" not in report and not any("latency" in k for k in report["efficiency"])
+    assert "train_seconds" not in json.loads((version.path / "adapter" / "train_record.json").read_text())
