@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo ui bench lint clean
+.PHONY: install test test-fast browser demo ui bench lint clean
 
 install: $(STAMP)
 
@@ -24,8 +24,20 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install
+test: install browser
 	$(PY) -m pytest -q tests
+
+# The browser test drives Debian's Chromium (no browser download at run time). Installed system-wide
+# through apt when missing: as root directly, else through sudo; otherwise stop and say how.
+CHROMIUM := /usr/bin/chromium
+APT_INSTALL := apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium chromium-driver
+browser:
+	@test -x $(CHROMIUM) || { \
+	  echo "make test: installing Debian's chromium and chromium-driver system-wide (apt) for the browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(APT_INSTALL); \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive $(APT_INSTALL); \
+	  else echo "error: $(CHROMIUM) is missing and this user cannot install it; run: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
+	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) is still missing after apt; the browser test cannot run" >&2; exit 1; }
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser" tests

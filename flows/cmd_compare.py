@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from components.compare import SELECT_RULES, CompareError, expand_variants
 from components.specload import SpecError, load_spec
-from flows.cli import app
+from flows import console
+from flows.options import RootOpt, VerboseOpt, WorkspaceOpt
+from flows.server import prefect_api
 
 
 def _method_list(methods: str | None) -> list[str] | None:
     return [m.strip() for m in methods.split(",") if m.strip()] if methods else None
 
 
-@app.command()
 def compare(
     spec: Path = typer.Argument(..., help="spec file"),
     methods: str | None = typer.Option(
@@ -25,7 +27,9 @@ def compare(
         None, "--select", help=f"{' | '.join(SELECT_RULES)} (default: the spec's compare.select, else best_score)"),
     parallel: int | None = typer.Option(
         None, "--parallel", min=1, help="variants trained at once (default: from free cores and memory)"),
-    workspace: Path | None = typer.Option(None, "--workspace", help="root that spec paths must stay inside"),
+    workspace: Path | None = WorkspaceOpt,
+    root: Path | None = RootOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Train and evaluate the spec's behavior half once per adapter variant; print the comparison table,
     store report and chart in the registry, register the selected variant under the spec's name."""
@@ -38,9 +42,21 @@ def compare(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"comparing {len(variants)} variants: {', '.join(v.id for v in variants)}")
-    from flows.compare import compare as compare_flow
+    log = console.setup("compare", verbose)
+    console.install_sigterm()
+    if root is not None:
+        os.environ["ADAPTFLOW_REGISTRY"] = str(root.expanduser().absolute())  # read by the flow's registry
+    try:
+        with prefect_api(log.with_suffix(".server.log")):
+            from flows.compare import compare as compare_flow
 
-    out = compare_flow(str(spec), wanted, str(workspace) if workspace else None, select, parallel)
+            console.after_prefect_import()
+            out = compare_flow(str(spec), wanted, str(workspace) if workspace else None, select, parallel)
+    except KeyboardInterrupt:
+        typer.echo("stopped (Ctrl-C): finished variants are kept; run the same command again to continue", err=True)
+        raise typer.Exit(console.EXIT_INTERRUPTED) from None
+    except Exception as exc:  # noqa: BLE001 - one error line; the traceback goes to the log file
+        raise typer.Exit(console.report_error(exc)) from None
     typer.echo(Path(out["markdown"]).read_text())
     typer.echo(f"report: {out['report']}\nchart: {out['chart']}\ncomparison: {out['comparison']}")
     typer.echo(f"selected: {out['selected'] or 'none'} ({out['selection']['reason']})")

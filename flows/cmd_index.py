@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from flows.cli import app
+from flows.options import WorkspaceOpt
 
 VARIANTS = {"dense": (False, None), "hybrid": (True, None), "dense+mmr": (False, 0.7), "hybrid+mmr": (True, 0.7)}
 
@@ -70,11 +70,10 @@ def _metrics_line(name: str, m: dict[str, Any]) -> str:
             f"MRR {m['mrr']:.3f}  nDCG@{k} {m['ndcg']:.3f}")
 
 
-@app.command()
 def index(
     spec: Path = typer.Argument(..., help="spec file with a knowledge: section"),
     out: Path | None = typer.Option(None, "--out", help="index folder (default: $ADAPTFLOW_HOME/indexes/NAME)"),
-    workspace: Path | None = typer.Option(None, "--workspace", help="root that spec paths must stay inside (default: cwd)"),
+    workspace: Path | None = WorkspaceOpt,
     full: bool = typer.Option(False, "--full", help="rebuild from scratch instead of updating the existing folder"),
     compare: bool = typer.Option(False, "--compare", help="also score hybrid (BM25 + dense, RRF) and MMR variants"),
     as_json: bool = typer.Option(False, "--json", help="print index.json and the metrics as JSON"),

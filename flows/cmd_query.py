@@ -10,13 +10,11 @@ from pathlib import Path
 
 import typer
 
-from flows.cli import app
+from flows.options import RootOpt
 
-RootOpt = typer.Option(None, "--root", help="registry folder (default: $ADAPTFLOW_REGISTRY or ./registry)")
 API_KEY_ENV = "ADAPTFLOW_API_KEY"
 
 
-@app.command()
 def query(
     system: str = typer.Argument(..., help="NAME, NAME@vN or NAME@alias"),
     question: str = typer.Argument(...),
@@ -65,7 +63,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help=f"bind address; anything but loopback requires {API_KEY_ENV}"),
     port: int = typer.Option(8000, min=0, max=65535),

@@ -11,28 +11,36 @@ from typing import Any
 import typer
 
 from components.registry import Registry, RegistryError, Version, gate_status, gate_summary
-from flows.cli import app
+from flows import console
+from flows.options import RootOpt
+from flows.summary import arm_table
 
 registry_app = typer.Typer(no_args_is_help=True, help="List, inspect, compare and promote registered versions.")
-RootOpt = typer.Option(None, "--root", help="registry folder (default: $ADAPTFLOW_REGISTRY or ./registry)")
 KEY_METRICS = 3  # metrics shown per row in `list` when no gates say which matter
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Registry errors are user errors: one clear line and exit 1, not a traceback."""
+    """Registry errors and OSErrors (a read-only or full disk) are the user's to fix: one line, exit 1."""
     try:
         yield
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(console.error_line(exc), err=True)
+        raise typer.Exit(1) from None
+
+
+def _metric(key: str, value: Any) -> str:
+    return f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
 
 
 def _key_metrics(manifest: dict[str, Any]) -> str:
     metrics = manifest.get("metrics") or {}
     gated = [r.get("metric") for r in (manifest.get("gates") or {}).get("results") or []]
     keys = [k for k in gated if k in metrics] or list(metrics)[:KEY_METRICS]
-    return " ".join(f"{k}={metrics[k]:.3g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys)
+    return " ".join(_metric(k, metrics[k]) for k in keys)
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -82,10 +90,15 @@ def render_version(version: Version, aliases: dict[str, int]) -> str:
         f"  base_model:  {base.get('id', '-')} (revision {base.get('revision')}, weights {str(base.get('weights_hash'))[:12]})",
         f"               loads from {base.get('path', volatile.get('base_model_path', '-'))}",
         f"  git:         {git_commit or 'not in git'}" + (" (dirty)" if git_dirty else ""),
-        "  metrics:     " + (", ".join(f"{k}={v}" for k, v in (m.get("metrics") or {}).items()) or "-"),
+        "  metrics:     " + (" ".join(_metric(k, v) for k, v in (m.get("metrics") or {}).items()) or "-"),
         f"  gates:       {gate_status(m)}: {gate_summary(m)}",
         f"  files:       {len(version.files)} ({', '.join(sorted({f.split('/')[0] for f in version.files})) or '-'})",
     ]
+    report = version.path / "eval" / "report.json"
+    if report.exists():
+        data = json.loads(report.read_text())
+        lines += [f"  evaluation:  {data.get('items', '?')} items, main arm {data.get('main_arm')}",
+                  *("  " + row for row in arm_table(data))]
     return "\n".join(lines)
 
 
@@ -162,4 +175,3 @@ def diff(
         typer.echo(json.dumps(d, indent=2) if as_json else render_diff(d))
 
 
-app.add_typer(registry_app, name="registry")

@@ -1,27 +1,118 @@
-"""`adaptflow run SPEC`: the main flow from the command line."""
+"""`adaptflow run SPEC`: the main flow from the command line, stoppable with one Ctrl-C.
+
+An unchanged spec is decided "up to date" from the stage keys and the registry before any Prefect
+server starts (flows.keys.up_to_date): that takes about a second. It is still recorded as a flow
+run when a Prefect server is up (`adaptflow ui` leaves one running, or $PREFECT_API_URL); starting
+a temporary server only to record that nothing ran would cost ~10 s, so without one it is not.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import typer
 
-from components.specload import SpecError, load_spec
-from flows.cli import app
+from flows import console
+from flows.options import RootOpt, VerboseOpt, WorkspaceOpt
 
 
-@app.command()
 def run(
-    spec: Path = typer.Argument(..., help="spec file"),
-    workspace: Path | None = typer.Option(None, "--workspace", help="root that spec paths must stay inside"),
+    spec: Path = typer.Argument(..., help="spec file", metavar="SPEC"),
+    workspace: Path | None = WorkspaceOpt,
+    root: Path | None = RootOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Train, index, evaluate and register the system a spec declares; prints NAME@vN."""
-    try:
-        load_spec(spec, workspace)  # fail fast, before Prefect starts
-    except SpecError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-    from flows.pipeline import adapt
+    """Train, index, evaluate and register the system a spec declares; prints a summary and NAME@vN.
 
-    ref = adapt(str(spec), str(workspace) if workspace else None)
+    Exit codes: 0 registered (or up to date) with its gates passed; 1 an error; 3 registered, but a
+    gate failed and no alias moved; 130 stopped by Ctrl-C; 143 stopped by SIGTERM.
+    """
+    log = console.setup("run", verbose)
+    console.install_sigterm()
+    started = time.time()
+    try:
+        code = _run(spec, workspace, root, log)
+    except (typer.Exit, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM and errors each end in one line
+        code = _stopped(exc, spec, started) if _is_interrupt(exc) else console.report_error(exc)
+    raise typer.Exit(code)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+
+
+def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) -> int:
+    from components.registry import Registry
+    from components.specload import load_spec
+    from flows import keys
+
+    spec = load_spec(spec_file, workspace)  # fail fast, before Prefect starts
+    registry = Registry(root)
+    os.environ["ADAPTFLOW_REGISTRY"] = str(registry.root)  # the flow's register task reads it
+    if (found := keys.up_to_date(spec, registry)) is not None:
+        _record_unchanged(spec_file, found.ref)
+        typer.echo(f"up to date: {found.ref}, nothing ran")
+        return _verdict(found)
+    names = registry.names()
+    before_versions = {v.number for v in registry.versions(spec.name)} if spec.name in names else set()
+    before_aliases = registry.aliases(spec.name) if spec.name in names else {}
+
+    from flows.server import prefect_api
+
+    with prefect_api(log.with_suffix(".server.log")):
+        from flows.pipeline import adapt
+
+        console.after_prefect_import()
+        ref = adapt(str(spec_file), str(workspace) if workspace else None)
+    from flows.summary import run_summary
+
+    typer.echo("\n".join(run_summary(registry, ref, before_versions, before_aliases)))
+    version = registry.resolve(ref)
     typer.echo(f"registered {ref}")
+    return _verdict(version)
+
+
+def _verdict(version) -> int:
+    from components.registry import gate_status
+    from flows.summary import failed_gates
+
+    if gate_status(version.manifest) != "failed":
+        return console.EXIT_OK
+    typer.echo(f"error: gate failed: {failed_gates(version.manifest)}; {version.ref} is registered but no alias "
+               f"moved (exit {console.EXIT_GATES_FAILED}). Promote it anyway with "
+               f"`adaptflow registry promote {version.ref} production --force`", err=True)
+    return console.EXIT_GATES_FAILED
+
+
+def _record_unchanged(spec_file: Path, ref: str) -> None:
+    """A flow run for the record, on a server that is already up; none is started for it."""
+    from flows.server import running_url
+
+    if running_url() is None:
+        return
+    from flows.record import adapt_unchanged
+
+    console.after_prefect_import()
+    adapt_unchanged(str(spec_file), ref)
+
+
+def _saved_checkpoint(started: float) -> str | None:
+    from components.stages import StageStore
+
+    steps = [p.parent for p in StageStore().root.glob("train/*.work/checkpoints/step-*/complete.json")
+             if p.stat().st_mtime >= started]
+    return max(steps, key=lambda p: p.stat().st_mtime).name if steps else None
+
+
+def _stopped(exc: BaseException, spec_file: Path, started: float) -> int:
+    """One line: what was kept and how to go on; the run is marked Crashed by then (server still up)."""
+    sigterm = isinstance(exc, console.Terminated) or type(exc).__name__ == "TerminationSignal"
+    step = _saved_checkpoint(started)
+    kept = f"training checkpoint {step} and finished stages are kept" if step else "finished stages are kept"
+    typer.echo(f"\nstopped ({'SIGTERM' if sigterm else 'Ctrl-C'}): {kept}; "
+               f"`adaptflow run {spec_file}` resumes from there", err=True)
+    return console.EXIT_TERMINATED if sigterm else console.EXIT_INTERRUPTED

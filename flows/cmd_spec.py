@@ -11,12 +11,9 @@ import yaml
 from components.preflight import check_inputs
 from components.spec import TaskSpec
 from components.specload import SpecError, load_spec
-from flows.cli import app
-
-WorkspaceOpt = typer.Option(None, "--workspace", help="root that spec paths must stay inside (default: cwd)")
+from flows.options import WorkspaceOpt
 
 
-@app.command()
 def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspace: Path | None = WorkspaceOpt) -> None:
     """Check spec files; print every error with file, line, key path and fix. Exit 1 if any fails."""
     failed = 0
@@ -44,7 +41,6 @@ def spec_json_schema() -> dict:
     return schema
 
 
-@app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec (for editors, validators and the UI form)."""
     typer.echo(json.dumps(spec_json_schema(), indent=2))
@@ -85,7 +81,6 @@ def render_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command()
 def plan(
     spec: Path = typer.Argument(..., help="spec file"),
     workspace: Path | None = WorkspaceOpt,

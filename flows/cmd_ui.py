@@ -1,4 +1,9 @@
-"""`adaptflow ui`: a local Prefect server plus the adapt / evaluate / query deployments."""
+"""`adaptflow ui`: a local Prefect server plus the adapt / evaluate / query / compare deployments.
+
+The server outlives the command on purpose: runs started from the CLI afterwards reuse it (they
+show in the UI and an unchanged re-run is recorded in about a second). `adaptflow ui --stop`
+stops it.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,36 @@ import os
 
 import typer
 
-from flows.cli import app
+from flows import console
+from flows.options import VerboseOpt
 
 
-@app.command()
-def ui(port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1")) -> None:
-    """Start (or reuse) a local Prefect server and serve the deployments until Ctrl-C."""
-    from flows.server import api_url, start_server
+def ui(
+    port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1"),
+    stop: bool = typer.Option(False, "--stop", help="stop the Prefect server an earlier `adaptflow ui` left running"),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Start (or reuse) a local Prefect server and serve the deployments until Ctrl-C; the server stays up."""
+    from flows import server
 
-    started = start_server(port)
-    os.environ["PREFECT_API_URL"] = api_url(port)
-    typer.echo(f"Prefect UI: http://127.0.0.1:{port}  ({'started' if started else 'already running'})")
+    if stop:
+        typer.echo(server.stop_kept_server(port))
+        return
+    log = console.setup("ui", verbose)
+    proc = server.start_server(port, log=log.with_suffix(".server.log"))
+    if proc is not None:
+        server.remember(proc, port)
+    os.environ["PREFECT_API_URL"] = server.api_url(port)
+    typer.echo(f"Prefect UI: http://127.0.0.1:{port}  ({'started' if proc else 'already running'}; "
+               "it stays up after Ctrl-C so CLI runs show here too; `adaptflow ui --stop` stops it)")
     from prefect import serve
 
     from flows.deployments import all_deployments
 
-    serve(*all_deployments())
+    console.after_prefect_import()
+    try:
+        serve(*all_deployments())
+    except KeyboardInterrupt:
+        pass
+    typer.echo(f"stopped serving the deployments; the Prefect server is still running at http://127.0.0.1:{port} "
+               "(`adaptflow ui --stop` stops it)")

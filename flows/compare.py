@@ -264,7 +264,17 @@ MethodChoice = Literal[ADAPTER_METHODS]  # type: ignore[valid-type]
 
 def compare_ui(spec: str = SPECS[0], spec_path: str | None = None, methods: list[str] | None = None,
                select: str | None = None, max_parallel: int | None = None) -> dict:
-    """Compare adapter methods on a spec from specs/ (dropdown) or on any spec file path."""
+    """Compare adapter methods on a spec: train and evaluate each, chart the trade-off, register the pick.
+
+    Args:
+        spec: A spec from specs/ with a behavior section (the methods differ only in the adapter).
+        spec_path: Any other spec file; when set, it is used instead of `spec`.
+        methods: Adapter methods to compare, e.g. lora, qlora, ia3, prompt_tuning, full (default: the
+            spec's compare.methods, else its own method plus those five).
+        select: How to pick the registered variant: best_score, or smallest_passing (fewest trainable
+            parameters among those that pass the gates). Default: the spec's compare.select, else best_score.
+        max_parallel: Variants trained at once (default: from free cores and memory).
+    """
     return compare.fn(spec_path or spec, methods, None, select, max_parallel)
 
 

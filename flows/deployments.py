@@ -1,7 +1,10 @@
-"""The three deployments the Prefect UI triggers: adapt (a spec), evaluate (NAME@REF), query.
+"""The deployments the Prefect UI triggers: adapt (a spec), evaluate (NAME@REF), query (and compare).
 
 `adapt`'s `spec` parameter is a Literal of the specs found under ./specs when the module is
-imported, so the UI shows a dropdown; `spec_path` takes any other spec file instead.
+imported, so the UI shows a dropdown (defaulting to the cheapest); `spec_path` takes any other
+spec file instead. `query`'s `system` is likewise a dropdown of the NAME@alias values registered
+when `adaptflow ui` started; `system_ref` takes any other. Every parameter's description comes
+from the `Args:` section of its flow's docstring (Prefect parses it into the form).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.types.entrypoint import EntrypointType
 
 from flows.artifacts import arm_rows
+from flows.names import spec_run_name, system_run_name
 from flows.pipeline import adapt
 
 
@@ -22,22 +27,59 @@ def discover_specs(root: Path = Path("specs")) -> list[str]:
     return sorted(str(p) for p in root.glob("*.yaml")) or ["specs/example.yaml"]
 
 
+def cheapest_spec(specs: list[str]) -> str:
+    """The default a newcomer runs first: a spec that trains nothing (knowledge only) if there is one."""
+    for path in specs:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and (data.get("goal") == "knowledge" or "behavior" not in data):
+            return path
+    return specs[0]
+
+
+def registered_refs() -> list[str]:
+    """NAME@alias for every alias in the registry when the UI starts (the query form's dropdown)."""
+    from components.registry import Registry, RegistryError
+
+    registry = Registry()
+    try:
+        return [f"{name}@{alias}" for name in registry.names() for alias in sorted(registry.aliases(name))]
+    except (RegistryError, OSError):
+        return []
+
+
 SPECS = discover_specs()
+DEFAULT_SPEC = cheapest_spec(SPECS)
+SYSTEMS = registered_refs()
 
 
-def adapt_ui(spec: str = SPECS[0], spec_path: str | None = None) -> str:
-    """Run the main flow on a spec from specs/ (dropdown) or on any spec file path."""
+def adapt_ui(spec: str = DEFAULT_SPEC, spec_path: str | None = None) -> str:
+    """Run the main flow on a spec: train, index, evaluate, register, promote (what `adaptflow run` does).
+
+    Args:
+        spec: A spec from specs/. The default trains nothing, so it is the quickest to try; the others
+            train an adapter first (minutes on a CPU).
+        spec_path: Any other spec file (a path on the machine running `adaptflow ui`); when set, it is
+            used instead of `spec`.
+    """
     return adapt.fn(spec_path or spec)
 
 
 # The choice list is known only at import time; the runner imports this module attribute by name.
 adapt_ui.__annotations__["spec"] = Literal[tuple(SPECS)]
-adapt_ui = flow(name="adapt", log_prints=True)(adapt_ui)
+adapt_ui = flow(name="adapt", flow_run_name=spec_run_name, log_prints=True)(adapt_ui)
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=system_run_name, log_prints=True)
 def evaluate_registered(system: str) -> dict:
-    """Re-run the evaluation of a registered system (NAME@vN or NAME@alias) and show the table."""
+    """Re-run the evaluation of a registered system and show its table.
+
+    Args:
+        system: A registered system: NAME@vN or NAME@alias, e.g. lore-knowledge@production
+            (`adaptflow registry list` shows them).
+    """
     from components.evaluate import arms_for, evaluate
     from components.system import load_system
 
@@ -50,17 +92,32 @@ def evaluate_registered(system: str) -> dict:
     return report["metrics"]
 
 
-@flow(name="query", log_prints=True)
-def query_registered(system: str, question: str) -> dict:
-    """Ask a registered system a question; the answer and its citations show as an artifact."""
+def query_registered(system: str = SYSTEMS[0] if SYSTEMS else "lore-knowledge@production",
+                     question: str = "Who founded the tidal turbine company Lumen Dynamics?",
+                     system_ref: str | None = None) -> dict:
+    """Ask a registered system a question; the answer and its citations show as an artifact.
+
+    Args:
+        system: A registered system, NAME@alias (the systems registered when `adaptflow ui` started).
+        question: What to ask, e.g. "Who founded the tidal turbine company Lumen Dynamics?" for the
+            lore examples.
+        system_ref: Any other system, e.g. lore-assistant@v2 or one registered since the UI started;
+            when set, it is used instead of `system`.
+    """
     from components.system import load_system
 
+    system = system_ref or system
     answer = load_system(system).query(question)
     cites = "\n".join(f"{c.n}. **{c.doc_id}** — {c.title} (score {c.score:.3f}): {c.snippet}" for c in answer.citations)
     create_markdown_artifact(f"## {question}\n\n{answer.answer}\n\n### Citations\n{cites or '(none)'}\n",
                              key="query-" + loaded_name(system), description=f"answer from {answer.system}")
     print(answer.answer)
     return answer.to_dict()
+
+
+if SYSTEMS:  # a dropdown of what is registered; with none yet, a text field with an example
+    query_registered.__annotations__["system"] = Literal[tuple(SYSTEMS)]
+query_registered = flow(name="query", flow_run_name=system_run_name, log_prints=True)(query_registered)
 
 
 def loaded_name(ref: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import platform
 from pathlib import Path
+from types import SimpleNamespace
 
 from components import evaluate, metrics, prompting, system
 from components.models import resolve_model
-from components.route import Route
+from components.registry import Version
+from components.route import Route, route
 from components.spec import TaskSpec
 from components.stages import StageStore, code_version, digest, path_digest
 
@@ -44,13 +48,20 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
     return out
 
 
-def train_key(spec: TaskSpec) -> str:
-    from components import batching, checkpoint, data, methods, train
+def source_version(*names: str) -> str:
+    """`code_version` of modules by name, read from their files without importing them: hashing the
+    training code must not cost the 4 s torch + peft import when nothing is going to train."""
+    return digest([Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8") for name in names])[:16]
 
+
+TRAIN_CODE = ("components.batching", "components.checkpoint", "components.data", "components.methods", "components.train")
+
+
+def train_key(spec: TaskSpec) -> str:
     base = resolve_model(spec.base_model, verify=False)
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("behavior.")}
     return digest("train", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(spec.behavior),
-                  hashes, code_version(batching, checkpoint, data, methods, train))
+                  hashes, source_version(*TRAIN_CODE))
 
 
 def _package_modules(package) -> list:
@@ -70,3 +81,39 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed) -> str:
     return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
                   hashes, spec.knowledge.top_k if spec.knowledge else None,
                   code_version(evaluate, metrics, prompting, system))
+
+
+def stage_keys(spec: TaskSpec) -> dict[str, str]:
+    """Every stage's key for this spec, as `adapt` computes them, without running anything."""
+    decision = route(spec)
+    out: dict[str, str] = {}
+    if decision.behavior:
+        out["train"] = train_key(spec)
+    if decision.knowledge:
+        out["index"] = index_key(spec)
+    upstream = {s: SimpleNamespace(key=out[s]) if s in out else None for s in ("train", "index")}
+    out["eval"] = eval_key(spec, decision, upstream["train"], upstream["index"])
+    return out
+
+
+def up_to_date(spec: TaskSpec, registry) -> Version | None:
+    """The registered version `adapt` would return for this spec without running a stage, else None.
+
+    Every stage output must be in the store and a version must hold the same stage keys, the same
+    resolved spec (gates and aliases included) and the same library and Python versions: then the
+    pipeline would publish identical content, which the registry answers with that version.
+    """
+    from components.registry import RegistryError, library_versions, spec_hash
+
+    if spec.name not in registry.names():
+        return None
+    wanted = stage_keys(spec)
+    if not all(store().done(stage, key) for stage, key in wanted.items()):
+        return None
+    same = {"stage_keys": wanted, "spec_hash": spec_hash(spec), "libraries": library_versions(),
+            "python": platform.python_version()}
+    try:
+        versions = registry.versions(spec.name)
+    except RegistryError:
+        return None
+    return next((v for v in reversed(versions) if all(v.manifest.get(k) == same[k] for k in same)), None)

@@ -20,6 +20,7 @@ from components.spec import TaskSpec
 from components.specload import load_spec
 from flows import artifacts, keys
 from flows.keys import store
+from flows.names import spec_run_name
 from vectorstore.persist import split_volatile
 
 
@@ -183,15 +184,36 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
     return version, gates, report
 
 
-@flow(name="adapt", log_prints=True)
+@flow(name="adapt", flow_run_name=spec_run_name, log_prints=True)
 def adapt(spec_path: str, workspace: str | None = None) -> str:
     """Turn a spec into an evaluated, registered system; returns NAME@vN."""
     spec = load_task_spec(spec_path, workspace)
     decision = decide_route(spec)
-    trained = behavior_flow(spec) if decision.behavior else None
-    indexed = knowledge_flow(spec) if decision.knowledge else None
-    evaluated = evaluation_flow_stage(spec, decision, trained, indexed)
+    progress = artifacts.start_run_progress(
+        spec.name, [s for s, on in (("train", decision.behavior), ("index", decision.knowledge), ("eval", True)) if on])
+    trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
+    indexed = _noted(progress, knowledge_flow(spec)) if decision.knowledge else None
+    evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed))
     version, gates, report = register(spec, decision, trained, indexed, evaluated)
     stages = [s for s in (trained, indexed, evaluated) if s]
     artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)
+    line = result_line(version, gates)
+    progress.done(line)
+    print(line)  # the last line of the run's logs, in the UI as in the terminal
     return version.ref
+
+
+def _noted(progress: artifacts.RunProgress, result: StageResult) -> StageResult:
+    progress.finished(result.stage, "reused (inputs unchanged)" if result.cached else "done")
+    return result
+
+
+def result_line(version, gates) -> str:
+    """'registered NAME@v3 (new version); gates passed; moved latest, production'."""
+    what = "new version" if version.created else "identical content was already registered: nothing new"
+    if not gates.passed:
+        verdict = "gates FAILED (" + "; ".join(r["reason"] or r["metric"] for r in gates.failed) + "); no alias moved"
+    else:
+        moved = ", ".join(version.moved_aliases)
+        verdict = "gates passed; " + (f"moved {moved} to v{version.number}" if moved else "no alias moved")
+    return f"result: {version.ref} ({what}); {verdict}"

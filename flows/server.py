@@ -1,24 +1,41 @@
-"""A local Prefect server (SQLite, telemetry off) on 127.0.0.1, started when none is running."""
+"""Prefect servers on 127.0.0.1: the long-lived one `adaptflow ui` leaves up, and a run's temporary one.
+
+Which API a command uses (`prefect_api`), in order:
+1. `$PREFECT_API_URL`, when set: a server the user runs (nothing is started or stopped);
+2. the local server `adaptflow ui` started and left running on port 4200 (`$ADAPTFLOW_PREFECT_PORT`);
+3. otherwise a temporary server, started for this command and stopped when it ends.
+
+Every server we start runs in its own session: the Ctrl-C a terminal sends to the command's
+process group does not reach it, so the interrupted flow run can still be marked Crashed, and
+the command then stops it (on SIGTERM too). Prefect's own temporary server shared the command's
+process group, died first, and left runs "Running" and 480 lines of connection errors behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-DEFAULT_PORT = 4200
+DEFAULT_PORT = int(os.environ.get("ADAPTFLOW_PREFECT_PORT", "4200"))
+DRAIN_SECONDS = 5.0  # logs and events still queued for the server when a run ends
 
 
 def api_url(port: int = DEFAULT_PORT) -> str:
     return f"http://127.0.0.1:{port}/api"
 
 
-def healthy(port: int = DEFAULT_PORT) -> bool:
+def healthy(port: int = DEFAULT_PORT, url: str | None = None) -> bool:
     try:
-        with urllib.request.urlopen(api_url(port) + "/health", timeout=2) as resp:
+        with urllib.request.urlopen((url or api_url(port)) + "/health", timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -38,9 +55,21 @@ def server_env(port: int = DEFAULT_PORT, home: Path | None = None) -> dict[str, 
     return env
 
 
+def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(port):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {proc.returncode}; see {log or 'its output'}")
+        time.sleep(0.2)
+    stop_process(proc)
+    raise TimeoutError(f"prefect server did not answer on {api_url(port)} within {timeout:.0f} s; see {log or 'its output'}")
+
+
 def start_server(port: int = DEFAULT_PORT, home: Path | None = None, log: Path | None = None,
                  timeout: float = 120.0) -> subprocess.Popen | None:
-    """Start `prefect server start` unless one already answers on the port; wait until healthy."""
+    """Start `prefect server start` (API + UI) unless one already answers on the port; wait until healthy."""
     if healthy(port):
         return None
     prefect = Path(sys.executable).with_name("prefect")
@@ -49,12 +78,134 @@ def start_server(port: int = DEFAULT_PORT, home: Path | None = None, log: Path |
         [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=server_env(port, home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    _wait_healthy(proc, port, timeout, log)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the server's whole session (uvicorn and anything it forked), SIGKILL after `grace` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def temporary_server(log: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, int]:
+    """Prefect's API without the UI (what Prefect's own temporary server runs), in its own session."""
+    import prefect
+    from prefect.settings import get_current_settings
+
+    port = free_port()
+    env = server_env(port) | get_current_settings().to_environment_variables(exclude_unset=True)
+    env |= {"PREFECT_API_URL": api_url(port), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    out.close()
+    _wait_healthy(proc, port, timeout, log)
+    return proc, port
+
+
+def drain_prefect() -> None:
+    """Send the logs and events still queued, while the server is up (else: connection errors at exit)."""
+    with contextlib.suppress(Exception):
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=DRAIN_SECONDS, at_exit=False)
+
+
+def running_url() -> str | None:
+    """The API a command should use without starting anything: $PREFECT_API_URL, else the kept local server."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    return api_url(DEFAULT_PORT) if healthy(DEFAULT_PORT) else None
+
+
+@contextlib.contextmanager
+def prefect_api(log: Path) -> Iterator[str]:
+    """Point Prefect at a running server, or at a temporary one stopped on exit (see the module doc)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, proc = running_url(), None
+    if url is None:
+        proc, port = temporary_server(log)
+        url = api_url(port)
+    os.environ["PREFECT_API_URL"] = url  # children (compare's training processes) inherit it
+    if proc is not None:
+        os.environ["ADAPTFLOW_TEMPORARY_SERVER"] = "1"
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                if proc is not None:
+                    drain_prefect()
+    finally:
+        if proc is not None:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan it
+            try:
+                stop_process(proc)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+                os.environ.pop("PREFECT_API_URL", None)
+                os.environ.pop("ADAPTFLOW_TEMPORARY_SERVER", None)
+
+
+# --- the server `adaptflow ui` leaves running ------------------------------------------------
+
+
+def _pidfile() -> Path:
+    from components.models import adaptflow_home
+
+    return adaptflow_home() / "prefect-server.json"
+
+
+def remember(proc: subprocess.Popen, port: int) -> None:
+    path = _pidfile()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": proc.pid, "port": port}))
+
+
+def _listener_pid(port: int) -> int | None:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    return None
+
+
+def stop_kept_server(port: int = DEFAULT_PORT, timeout: float = 10.0) -> str:
+    """Stop the server `adaptflow ui` left running; returns what happened, in words."""
+    path = _pidfile()
+    pid = json.loads(path.read_text())["pid"] if path.exists() else _listener_pid(port)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return f"no Prefect server is running on port {port}" if not healthy(port) else (
+            f"a Prefect server answers on port {port} but was not started by adaptflow (or runs as another user); "
+            "stop it where it was started")
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(os.getpgid(pid), signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if healthy(port):
-            return proc
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {proc.returncode}; see {log or 'its output'}")
-        time.sleep(0.5)
-    proc.terminate()
-    raise TimeoutError(f"prefect server did not answer on {api_url(port)} within {timeout:.0f} s")
+    while healthy(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if healthy(port):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return f"stopped the Prefect server on port {port} (pid {pid})"

@@ -103,3 +103,40 @@ def test_diff_text_and_json(root: Path) -> None:
     assert as_json["metrics"]["answer_f1"]["delta"] == pytest.approx(-0.3)
     missing = invoke("diff", "demo@v1", "demo@v9", "--root", str(root))
     assert missing.exit_code == 1 and "versions: v1, v2" in missing.stderr
+
+
+@pytest.fixture
+def read_only(root: Path, tmp_path: Path):
+    """The registry behind a real read-only bind mount (root, where mounts are allowed), else made
+    immutable with chattr +i, else made unwritable with chmod (for a non-root user)."""
+    import os
+    import subprocess
+
+    view = tmp_path / "ro"
+    view.mkdir()
+    mounted = (os.geteuid() == 0
+               and subprocess.run(["mount", "--bind", str(root), str(view)], capture_output=True).returncode == 0)
+    if mounted and subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode == 0:
+        yield view
+        subprocess.run(["umount", str(view)], check=True)
+        return
+    if mounted:
+        subprocess.run(["umount", str(view)], check=True)
+    demo = root / "demo"
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(demo)], capture_output=True).returncode != 0:
+            pytest.skip("running as root where neither a read-only bind mount nor chattr +i is allowed")
+        yield root
+        subprocess.run(["chattr", "-i", str(demo)], check=True)
+    else:
+        demo.chmod(0o555)
+        yield root
+        demo.chmod(0o755)
+
+
+def test_promote_on_a_read_only_registry_is_one_error_line(read_only: Path) -> None:
+    done = invoke("promote", "demo@v1", "staging", "--root", str(read_only))
+    assert done.exit_code == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot write") and "writable" in line and "--root" in line, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

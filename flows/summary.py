@@ -1,0 +1,82 @@
+"""The end-of-run summary for the terminal: the short form of the UI's run-summary artifact.
+
+Read back from the registry (no Prefect import), so `adaptflow run` prints the same whether the
+pipeline ran every stage or found the result already registered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from components.evaluate import METRIC_ORDER
+from components.registry import Registry, Version, gate_status
+
+
+def arm_rows(report: dict) -> list[dict]:
+    """One row per arm with the same columns in every row (the UI takes columns from the first row)."""
+    keys = [k for k in METRIC_ORDER if any(k in m for m in report["arms"].values())]
+    return [{"arm": arm, **{k: round(m[k], 4) if k in m else None for k in keys}} for arm, m in report["arms"].items()]
+
+
+def arm_table(report: dict) -> list[str]:
+    rows = arm_rows(report)
+    if not rows:
+        return []
+    cols = list(rows[0])
+    cells = [cols] + [[r["arm"]] + ["-" if r[c] is None else f"{r[c]:.3f}" for c in cols[1:]] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def gate_lines(manifest: dict[str, Any]) -> list[str]:
+    status = gate_status(manifest)
+    results = (manifest.get("gates") or {}).get("results") or []
+    if manifest.get("eval_error"):
+        return [f"gates: FAILED (evaluation failed: {manifest['eval_error']})"]
+    if not results:
+        return [f"gates: none declared ({status})"]
+    lines = [f"gates: {'passed' if status == 'passed' else 'FAILED'}"]
+    for r in results:
+        value = "missing" if r.get("value") is None else f"{r['value']:.4g}"
+        mark = "pass" if r.get("passed") else "FAIL"
+        lines.append(f"  {mark:4}  {r['metric']} = {value} (needs {r['op']} {r['threshold']:g})")
+    return lines
+
+
+def failed_gates(manifest: dict[str, Any]) -> str:
+    """'exact_match = 0 (needs >= 0.99)' for each failed gate."""
+    if manifest.get("eval_error"):
+        return f"evaluation failed: {manifest['eval_error']}"
+    rows = [r for r in (manifest.get("gates") or {}).get("results") or [] if not r.get("passed")]
+    return "; ".join(
+        f"{r['metric']} = {'missing' if r.get('value') is None else format(r['value'], '.4g')} "
+        f"(needs {r['op']} {r['threshold']:g})" for r in rows
+    ) or "gates failed"
+
+
+def alias_line(version: Version, aliases: dict[str, int], before: dict[str, int]) -> str:
+    here = sorted(a for a, n in aliases.items() if n == version.number)
+    moved = [a for a in here if before.get(a) != version.number]
+    if gate_status(version.manifest) == "failed":
+        kept = ", ".join(f"{a} stays v{n}" for a, n in sorted(aliases.items())) or "no alias set yet"
+        return f"aliases: none moved (gates failed): {kept}"
+    if moved:
+        return "aliases: " + ", ".join(f"{a} -> v{version.number}" + (f" (was v{before[a]})" if a in before else "")
+                                       for a in moved)
+    return "aliases: " + (", ".join(f"{a} = v{version.number}" for a in here) or "none point here") + " (unchanged)"
+
+
+def run_summary(registry: Registry, ref: str, before_versions: set[int], before_aliases: dict[str, int]) -> list[str]:
+    """Arm table, gates, alias moves and the report's path for the version a run returned."""
+    version = registry.resolve(ref)
+    status = "new version" if version.number not in before_versions else "identical to an existing version: nothing new registered"
+    lines = [f"{version.ref} ({status})"]
+    report_path = version.path / "eval" / "report.json"
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        lines += [f"evaluation ({report.get('items', '?')} items, main arm {report.get('main_arm')}):", *arm_table(report)]
+    lines += gate_lines(version.manifest)
+    lines.append(alias_line(version, registry.aliases(version.name), before_aliases))
+    lines.append(f"report: {version.path / 'eval' / 'report.md'}")
+    return lines

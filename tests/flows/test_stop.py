@@ -1,0 +1,63 @@
+"""Stopping `adaptflow run` with real signals during training, against the real temporary Prefect server.
+
+Ctrl-C in a terminal reaches the whole foreground process group; `timeout` and `kill` send SIGTERM
+to the command alone. Either way: one line, the right exit code within seconds, the flow runs
+marked Crashed in Prefect's database, and no process (the server included) left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _start_and_wait_for_checkpoint(root, spec):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # no server up: a temporary one
+    env |= {"PREFECT_HOME": str(root / "prefect-home"), "ADAPTFLOW_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(root.glob("stages/train/*.work/checkpoints/step-*/complete.json")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(c.cmdline()) for c in children), "the run did not start its own server"
+    return proc, children
+
+
+def _flow_run_states(root) -> dict[str, str]:
+    with sqlite3.connect(root / "prefect-home" / "prefect.db") as db:
+        return dict(db.execute("select name, state_type from flow_run"))
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_one_signal_stops_the_run_marks_it_crashed_and_leaves_no_process(isolated, make_workspace, sig, code, word):
+    spec = make_workspace(goal="behavior", max_steps=2000, checkpoint_every=2)
+    proc, children = _start_and_wait_for_checkpoint(isolated, spec)
+    sent = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the whole foreground group
+    else:
+        proc.send_signal(sig)  # `timeout` / `kill`: the command alone
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+
+    assert proc.returncode == code, err[-3000:]
+    assert took < 10, f"took {took:.1f} s to stop"
+    stopped = [line for line in err.splitlines() if f"stopped ({word})" in line]
+    assert len(stopped) == 1 and "adaptflow run" in stopped[0] and "checkpoint step-" in stopped[0], err[-3000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    time.sleep(0.5)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], "a process outlived the run"
+    states = _flow_run_states(isolated)
+    assert len(states) == 2 and set(states.values()) == {"CRASHED"}, states  # adapt and its behavior subflow
