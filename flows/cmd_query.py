@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from flows.options import RootOpt
+from flows import console
+from flows.options import RootOpt, VerboseOpt
 
 API_KEY_ENV = "ADAPTFLOW_API_KEY"
 
@@ -25,21 +26,22 @@ def query(
                                           help="answer length cap (default: the spec's evaluation.max_new_tokens)"),
     as_json: bool = typer.Option(False, "--json", help="print {answer, citations, system, latency_ms, ...}"),
     root: Path | None = RootOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Answer a question with a registered system, then list numbered citations."""
-    from transformers.utils import logging as hf_logging
+    """Answer a question with a registered system, then list numbered citations.
 
-    from components.registry import Registry, RegistryError
+    Each call loads the model; `adaptflow serve` (or `adaptflow.load_system` in Python) keeps it loaded.
+    """
+    console.setup("query", verbose)  # before transformers is imported: no loading bars, no library warnings
+    from components.registry import Registry
     from components.system import load_system
 
-    hf_logging.disable_progress_bar()  # keep the terminal for the answer
     try:
         loaded = load_system(system, Registry(root))
-    except RegistryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    answer = loaded.query(question, use_adapter=not no_adapter, use_retrieval=not no_retrieval,
-                          top_k=top_k, max_new_tokens=max_tokens)
+        answer = loaded.query(question, use_adapter=not no_adapter, use_retrieval=not no_retrieval,
+                              top_k=top_k, max_new_tokens=max_tokens)
+    except Exception as exc:  # noqa: BLE001 - one `error:` line; the traceback goes to the log file
+        raise typer.Exit(console.report_error(exc)) from None
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
         return

@@ -11,7 +11,8 @@ import yaml
 from components.preflight import check_inputs
 from components.spec import TaskSpec
 from components.specload import SpecError, load_spec
-from flows.options import WorkspaceOpt
+from flows import console
+from flows.options import VerboseOpt, WorkspaceOpt
 
 
 def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspace: Path | None = WorkspaceOpt) -> None:
@@ -87,8 +88,10 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda: plan training memory for this device "
                                       "(default: this machine's)"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Show the resolved spec, the route, data statistics, trainable parameters and a memory estimate."""
+    console.setup("plan", verbose)  # before transformers is imported: no library warnings
     from components.plan import make_plan
 
     try:
@@ -96,5 +99,8 @@ def plan(
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    result = make_plan(task, str(spec), device=device)
+    try:
+        result = make_plan(task, str(spec), device=device)
+    except Exception as exc:  # noqa: BLE001 - one `error:` line; the traceback goes to the log file
+        raise typer.Exit(console.report_error(exc)) from None
     typer.echo(json.dumps(result, indent=2, default=str) if as_json else render_plan(result))

@@ -24,6 +24,7 @@ from pathlib import Path
 EXIT_OK, EXIT_ERROR, EXIT_GATES_FAILED = 0, 1, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 OURS = ("components", "vectorstore", "flows", "adaptflow")
+KEEP_LOGS = 100  # log files kept under $ADAPTFLOW_HOME/logs (oldest removed first)
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 TEMPORARY_SERVER = "ADAPTFLOW_TEMPORARY_SERVER"  # set while a run uses a server it will stop
 _state: dict = {"verbose": False, "log": None}
@@ -60,11 +61,20 @@ class ConsoleFilter(logging.Filter):
         return record.levelno >= logging.ERROR and not record.exc_info
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed by a concurrent command
+        return 0.0
+
+
 def _log_path(command: str) -> Path:
     from components.models import adaptflow_home
 
     folder = adaptflow_home() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in sorted(folder.glob("*.log"), key=_mtime)[:-KEEP_LOGS]:
+        old.unlink(missing_ok=True)
     return folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 

@@ -168,14 +168,14 @@ def prefect_api(log: Path) -> Iterator[str]:
 # --- the server `adaptflow ui` leaves running ------------------------------------------------
 
 
-def _pidfile() -> Path:
+def _pidfile(port: int) -> Path:
     from components.models import adaptflow_home
 
-    return adaptflow_home() / "prefect-server.json"
+    return adaptflow_home() / f"prefect-server-{port}.json"
 
 
 def remember(proc: subprocess.Popen, port: int) -> None:
-    path = _pidfile()
+    path = _pidfile(port)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"pid": proc.pid, "port": port}))
 
@@ -192,7 +192,7 @@ def _listener_pid(port: int) -> int | None:
 
 def stop_kept_server(port: int = DEFAULT_PORT, timeout: float = 10.0) -> str:
     """Stop the server `adaptflow ui` left running; returns what happened, in words."""
-    path = _pidfile()
+    path = _pidfile(port)
     pid = json.loads(path.read_text())["pid"] if path.exists() else _listener_pid(port)
     if pid is None:
         path.unlink(missing_ok=True)

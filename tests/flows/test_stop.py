@@ -61,3 +61,34 @@ def test_one_signal_stops_the_run_marks_it_crashed_and_leaves_no_process(isolate
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], "a process outlived the run"
     states = _flow_run_states(isolated)
     assert len(states) == 2 and set(states.values()) == {"CRASHED"}, states  # adapt and its behavior subflow
+
+
+def test_ui_says_it_leaves_the_server_running_and_ui_stop_stops_it(tmp_path):
+    from flows.server import free_port, healthy
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "ADAPTFLOW_HOME": str(tmp_path / "home"),
+            "ADAPTFLOW_REGISTRY": str(tmp_path / "registry"), "PYTHONUNBUFFERED": "1"}
+    ui = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not healthy(port):
+            assert ui.poll() is None and time.monotonic() < deadline, ui.communicate()[0][-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # let it start serving the deployments
+        os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        out, _ = ui.communicate(timeout=60)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+    assert "stays up after Ctrl-C" in out and "`adaptflow ui --stop` stops it" in out, out[-3000:]
+    assert healthy(port), "the server should outlive `adaptflow ui`, as it said"
+    stop = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--stop", "--port", str(port)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0 and f"stopped the Prefect server on port {port}" in stop.stdout, stop.stdout + stop.stderr
+    assert not healthy(port)
+    again = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--stop", "--port", str(port)], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert f"no Prefect server is running on port {port}" in again.stdout

@@ -1,7 +1,7 @@
 """A real browser drives the real Prefect UI: start the `adapt` deployment from its form, see it finish.
 
-Headless Chromium from Debian's packages (installed by .ci/run), driven by Playwright for Python
-with executable_path; no browser is downloaded at run time.
+Headless Chromium from Debian's packages (`make test` installs them through apt when missing), driven
+by Playwright for Python with executable_path; no browser is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -40,6 +40,32 @@ def _deployment_ready(port: int, name: str) -> bool:
         return any(d["name"] == name for d in json.load(resp))
 
 
+def _register_demo(root, staging) -> None:
+    from components.registry import Registry
+
+    (staging / "eval").mkdir(parents=True)
+    (staging / "eval" / "report.json").write_text("{}")
+    manifest = {"spec": {"name": "demo"}, "metrics": {}, "gates": {"passed": True, "results": []},
+                "base_model": {"id": "tiny", "revision": None, "weights_hash": None, "path": "/models/tiny"}}
+    Registry(root).publish("demo", staging, manifest, aliases=["latest", "production"])
+
+
+def _open_custom_run(page, base: str, deployment: str, first_label: str) -> None:
+    page.goto(f"{base}/deployments", wait_until="networkidle")
+    page.get_by_role("link", name=deployment, exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").click()
+    page.get_by_text(f"{first_label} (Optional)").wait_for()
+
+
+def _pick(page, option: str):
+    picker = page.locator("button.p-select-button__control").first
+    picker.focus()
+    page.keyboard.press("Space")  # the select opens on the keyboard, as for a user tabbing in
+    page.get_by_role("option", name=option).click()
+    return picker
+
+
 @pytest.fixture
 def ui(tmp_path, tiny_llama_dir, tiny_embedder_dir, workspace_writer):
     """A workspace with specs/spec.yaml, a Prefect server, and `adaptflow ui` serving the deployments."""
@@ -47,6 +73,7 @@ def ui(tmp_path, tiny_llama_dir, tiny_embedder_dir, workspace_writer):
     spec = workspace_writer(ws / "specs", tiny_llama_dir, tiny_embedder_dir, gates='{hit_at_k: ">= 0.0"}')
     # a second spec, so the form offers a real choice; the test picks the one that is not the default
     (ws / "specs" / "another.yaml").write_text(spec.read_text().replace("name: tiny-both", "name: tiny-another"))
+    _register_demo(ws / "registry", tmp_path / "demo")  # the query form offers what is registered at start
     port = _free_port()
     home = tmp_path / "prefect-home"
     server = start_server(port, home=home, log=tmp_path / "server.log")
@@ -75,27 +102,32 @@ def test_start_adapt_from_the_ui_form_and_see_the_evaluation(ui):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"{base}/deployments", wait_until="networkidle")
-        page.get_by_role("link", name="adapt").first.click()
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Custom run").click()
-        page.get_by_text("spec (Optional)").wait_for()
-        picker = page.locator("button.p-select-button__control").first
-        picker.focus()
-        page.keyboard.press("Space")  # the select opens on the keyboard, as for a user tabbing in
-        page.get_by_role("option", name="specs/spec.yaml").click()
-        expect(picker).to_have_text("specs/spec.yaml")
+
+        # query: a dropdown of the registered NAME@alias values, every parameter described
+        _open_custom_run(page, base, "query", "system")
+        expect(page.get_by_text("A registered system, NAME@alias").first).to_be_visible()
+        expect(page.get_by_text("What to ask, e.g.").first).to_be_visible()
+        expect(_pick(page, "demo@production")).to_have_text("demo@production")
+
+        # adapt: described parameters; start it on the spec that is not the default
+        _open_custom_run(page, base, "adapt", "spec")
+        expect(page.get_by_text("A spec from specs/.").first).to_be_visible()
+        expect(page.get_by_text("Any other spec file").first).to_be_visible()
+        expect(_pick(page, "specs/spec.yaml")).to_have_text("specs/spec.yaml")
         run_name = page.get_by_role("textbox").first.input_value()
         page.get_by_role("button", name="Submit").click()
         page.wait_for_load_state("networkidle")
         try:  # the confirmation toast links to the run, but it is gone after a few seconds (missed once in 5 suites)
             page.get_by_role("link", name=run_name).first.click(timeout=10_000)
-        except PlaywrightTimeout:  # then open the run from the runs list, as a user would
+        except PlaywrightTimeout:  # then open the run from the runs list, as a user would: named after its spec
             page.goto(f"{base}/runs", wait_until="networkidle")
-            page.get_by_role("link", name=run_name).first.click(timeout=90_000)
+            page.get_by_role("link", name="tiny-both").first.click(timeout=90_000)
         page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
         expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=300_000)
+        expect(page.get_by_text("tiny-both", exact=True).first).to_be_visible()  # flow_run_name: the spec's name
+        expect(page.get_by_text("result: tiny-both@v1 (new version)").first).to_be_visible(timeout=30_000)  # logs end
         page.get_by_text("Artifacts", exact=True).first.click()
+        expect(page.get_by_text("progress-tiny-both").first).to_be_visible(timeout=30_000)  # the run's own progress
         expect(page.get_by_text("eval-tiny-both").first).to_be_visible(timeout=30_000)
         expect(page.get_by_text("run-tiny-both").first).to_be_visible()
         page.get_by_text("eval-tiny-both").first.click()
