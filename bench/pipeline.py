@@ -47,8 +47,9 @@ def query_latency(ref: str) -> dict:
     (measured by the evaluation on its first eval questions, one query at a time)."""
     from components.registry import Registry
 
-    report = json.loads((Registry().open(ref).path / "eval" / "report.json").read_text())
-    eff = report["efficiency"]
+    version = Registry().open(ref)
+    report = json.loads((version.path / "eval" / "report.json").read_text())
+    eff = version.manifest.get("volatile", {}).get("eval", {})  # timings live outside the digested files
     keys = [f"{part}_{q}_ms" for part in ("latency", "retrieval", "generation") for q in ("p50", "p95")]
     return {"query_arm": report["main_arm"]} | {f"query_{k}": eff[k] for k in keys if k in eff}
 
@@ -76,7 +77,7 @@ def direct(spec_path: str, tmp: Path) -> float:
     manifest = manifest_base(
         spec, base_model=resolve_model(spec.base_model, verify=False), route=decision.label,
         reasons=decision.reasons, data_hashes=data_hashes(spec), metrics=report["metrics"], gates=gates,
-        volatile={"efficiency": report.get("efficiency", {}), "eval_seconds": report.get("eval_seconds")},
+        volatile={"eval": report.get("timings", {})},
     )
     aliases = ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
     Registry(tmp / "registry-direct").publish(spec.name, out, manifest, aliases=aliases)
