@@ -47,7 +47,7 @@ DEMO_QUESTION ?= Who founded the tidal turbine company Lumen Dynamics?
 
 demo: install
 	$(VENV)/bin/adaptflow validate specs/*.yaml
-	@set -o pipefail; ref=$$($(VENV)/bin/adaptflow run $(DEMO_SPEC) | tee /dev/stderr | sed -n 's/^registered //p'); \
+	@set -o pipefail; ref=$$($(VENV)/bin/adaptflow run $(DEMO_SPEC) | tee /dev/stderr | sed -nE 's/^(registered|up to date:|already registered:) ([^ ,]+).*/\2/p'); \
 	  echo; echo "== asking $$ref: $(DEMO_QUESTION)"; \
 	  $(VENV)/bin/adaptflow query "$$ref" "$(DEMO_QUESTION)"
 

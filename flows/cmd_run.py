@@ -72,7 +72,10 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) 
 
     typer.echo("\n".join(run_summary(registry, ref, before_versions, before_aliases)))
     version = registry.resolve(ref)
-    typer.echo(f"registered {ref}")
+    if version.number in before_versions:  # stages ran again (a cleared cache) and made identical content
+        typer.echo(f"already registered: {ref} holds this content; nothing new")
+    else:
+        typer.echo(f"registered {ref}")
     return _verdict(version)
 
 
