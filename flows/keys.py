@@ -9,7 +9,6 @@ import platform
 from pathlib import Path
 from types import SimpleNamespace
 
-from components import evaluate, metrics, prompting, system
 from components.models import resolve_model
 from components.registry import Version
 from components.route import Route, route
@@ -54,6 +53,7 @@ def source_version(*names: str) -> str:
     return digest([Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8") for name in names])[:16]
 
 
+EVAL_CODE = ("components.evaluate", "components.metrics", "components.prompting", "components.system")
 TRAIN_CODE = ("components.batching", "components.checkpoint", "components.data", "components.methods", "components.train")
 
 
@@ -80,7 +80,7 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed) -> str:
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
                   hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  code_version(evaluate, metrics, prompting, system))
+                  source_version(*EVAL_CODE))
 
 
 def stage_keys(spec: TaskSpec) -> dict[str, str]:
