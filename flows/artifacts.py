@@ -81,6 +81,11 @@ def start_run_progress(name: str, stages: list[str]) -> RunProgress:
     return _run["current"]
 
 
+def end_run_progress() -> None:
+    """Stage callbacks stop forwarding (a later flow in this process must not move a finished run's bar)."""
+    _run["current"] = None
+
+
 def _forward(stage: str, done: int, total: int, unit: str) -> None:
     if (run := _run["current"]) is not None:
         run.update(stage, done, total, unit)

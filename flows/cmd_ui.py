@@ -8,16 +8,19 @@ stops it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 
 from flows import console
-from flows.options import VerboseOpt
+from flows.options import RootOpt, VerboseOpt
+from flows.server import DEFAULT_PORT
 
 
 def ui(
-    port: int = typer.Option(4200, help="Prefect server port on 127.0.0.1"),
+    port: int = typer.Option(DEFAULT_PORT, help="Prefect server port on 127.0.0.1 ($ADAPTFLOW_PREFECT_PORT, else 4200)"),
     stop: bool = typer.Option(False, "--stop", help="stop the Prefect server an earlier `adaptflow ui` left running"),
+    root: Path | None = RootOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Start (or reuse) a local Prefect server and serve the deployments until Ctrl-C; the server stays up."""
@@ -27,6 +30,8 @@ def ui(
         typer.echo(server.stop_kept_server(port))
         return
     log = console.setup("ui", verbose)
+    if root is not None:  # the deployments (and the query form's dropdown) read the registry from here
+        os.environ["ADAPTFLOW_REGISTRY"] = str(root.expanduser().absolute())
     proc = server.start_server(port, log=log.with_suffix(".server.log"))
     if proc is not None:
         server.remember(proc, port)

@@ -191,9 +191,12 @@ def adapt(spec_path: str, workspace: str | None = None) -> str:
     decision = decide_route(spec)
     progress = artifacts.start_run_progress(
         spec.name, [s for s, on in (("train", decision.behavior), ("index", decision.knowledge), ("eval", True)) if on])
-    trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
-    indexed = _noted(progress, knowledge_flow(spec)) if decision.knowledge else None
-    evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed))
+    try:
+        trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
+        indexed = _noted(progress, knowledge_flow(spec)) if decision.knowledge else None
+        evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed))
+    finally:
+        artifacts.end_run_progress()
     version, gates, report = register(spec, decision, trained, indexed, evaluated)
     stages = [s for s in (trained, indexed, evaluated) if s]
     artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)

@@ -35,7 +35,7 @@ def gate_lines(manifest: dict[str, Any]) -> list[str]:
     if manifest.get("eval_error"):
         return [f"gates: FAILED (evaluation failed: {manifest['eval_error']})"]
     if not results:
-        return [f"gates: none declared ({status})"]
+        return ["gates: none declared, so only `latest` moves (declare evaluation.gates to promote)"]
     lines = [f"gates: {'passed' if status == 'passed' else 'FAILED'}"]
     for r in results:
         value = "missing" if r.get("value") is None else f"{r['value']:.4g}"
