@@ -210,7 +210,13 @@ def row_hf_trainer(folder: Path, rows: Path, batch: int, steps: int, seq: int, c
     """The baseline a user would write: Trainer with bf16=True on a GPU and the same checkpointing choice."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from components.models import load_tokenizer, resolve_model
     from components.spec import BaseModelSpec
@@ -302,11 +308,12 @@ def child(args) -> None:
 def environment() -> dict:
     import platform
 
-    import components  # noqa: F401 - first: it quiets bitsandbytes' import-time "kernels" warning
     import bitsandbytes
     import peft
     import torch
     import transformers
+
+    import components  # noqa: F401 - first: it quiets bitsandbytes' import-time "kernels" warning
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())

@@ -205,7 +205,10 @@ def load_model(spec: BaseModelSpec, resolved: ResolvedModel | None = None, devic
     from transformers import AutoModelForCausalLM
 
     from components.precision import resolve_precision
-    from components.quantize import bnb_config, pin_cpu_4bit_kernels  # the one place bitsandbytes kwargs are written
+    from components.quantize import (  # the one place bitsandbytes kwargs are written
+        bnb_config,
+        pin_cpu_4bit_kernels,
+    )
 
     resolved = resolved or resolve_model(spec)
     compute = resolve_precision(precision, device)

@@ -14,6 +14,7 @@ from components.gates import promotion_rule
 from components.route import route
 from components.spec import PROMPT_LEARNING, TaskSpec
 
+
 def derived_defaults(spec: TaskSpec) -> dict:
     """The defaults we fill in, so a user sees exactly what will run (STYLE.md 6)."""
     out: dict = {}

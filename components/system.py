@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components.models import load_model
+from components.precision import task_precision
 from components.prompting import format_context, last_user_text, question_messages, with_context
 from components.serving.bases import BaseHandle, base_loads, embed_lock, shared_base
 from components.serving.engine import Completion, Route, Row
@@ -170,7 +171,7 @@ class System:
         self._private_model = self._prompt_model = None
         injected = self.method is not None and self.method not in PROMPT_LEARNING | WEIGHT_METHODS
         lane = _peft_type(Path(adapter_dir)) if injected else None
-        self.handle = shared_base(spec.base_model, lane)
+        self.handle = shared_base(spec.base_model, lane, precision=task_precision(spec))
         if self.method is not None:
             self._attach_adapter(Path(adapter_dir))
 
@@ -184,7 +185,7 @@ class System:
             if self.method in PROMPT_LEARNING:
                 self._prompt_model = load_adapter(handle.model, adapter_dir).eval()
             elif self.method in WEIGHT_METHODS:
-                own = load_model(self.spec.base_model, handle.resolved)
+                own = load_model(self.spec.base_model, handle.resolved, precision=task_precision(self.spec))
                 self._private_model = load_adapter(own, adapter_dir).eval()
             else:
                 self.adapter_name = _adapter_digest(adapter_dir)

@@ -47,7 +47,14 @@ from components.data import (
     tokenize_examples,
 )
 from components.precision import Precision, resolve_precision
-from components.spec import NO_CHECKPOINTING, PROMPT_LEARNING, WEIGHT_METHODS, BehaviorSpec, TaskSpec, TrainingSpec
+from components.spec import (
+    NO_CHECKPOINTING,
+    PROMPT_LEARNING,
+    WEIGHT_METHODS,
+    BehaviorSpec,
+    TaskSpec,
+    TrainingSpec,
+)
 
 Progress = Callable[[int, int, dict], None]
 GENERATION_PROMPTS = 4

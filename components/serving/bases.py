@@ -52,22 +52,23 @@ _BASES: dict[tuple, list[BaseHandle]] = {}
 _BASES_LOCK = threading.Lock()
 
 
-def _base_key(spec: BaseModelSpec, resolved: ResolvedModel) -> tuple:
+def _base_key(spec: BaseModelSpec, resolved: ResolvedModel, precision: str) -> tuple:
     quant = spec.quantization.model_dump_json() if spec.quantization else None
-    return str(resolved.path), resolved.weights_hash, quant
+    return str(resolved.path), resolved.weights_hash, quant, precision
 
 
-def shared_base(spec: BaseModelSpec, peft_type: str | None = None) -> BaseHandle:
-    """The loaded copy of `spec`'s base for adapters of `peft_type` (None: any copy will do)."""
+def shared_base(spec: BaseModelSpec, peft_type: str | None = None, precision: str = "auto") -> BaseHandle:
+    """The loaded copy of `spec`'s base for adapters of `peft_type` (None: any copy will do), in the
+    precision the systems were trained in (`training.precision`, components.precision)."""
     resolved = resolve_model(spec, verify=False)
-    key = _base_key(spec, resolved)
+    key = _base_key(spec, resolved, precision)
     with _BASES_LOCK:
         lanes = _BASES.setdefault(key, [])
         for handle in lanes:
             if peft_type is None or handle.peft_type in (None, peft_type):
                 handle.peft_type = handle.peft_type or peft_type
                 return handle
-        handle = BaseHandle(resolved, load_model(spec, resolved).eval(), load_tokenizer(spec, resolved),
+        handle = BaseHandle(resolved, load_model(spec, resolved, precision=precision).eval(), load_tokenizer(spec, resolved),
                             peft_type=peft_type)
         lanes.append(handle)
         return handle

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from test_methods are redefined as test arguments)
 """The CUDA paths of the precision policy, checkpointing and the generation check (skipped without CUDA).
 bench/gpu.py measures the same paths at 1-7B; these tests pin their behaviour on tiny models."""
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from test_methods are redefined as test arguments)
 """Hardware truth on CPU: the precision policy, gradient checkpointing for every method, a generation check
 that cannot lose work, bitsandbytes' CPU kernel chosen on purpose, and the memory estimate."""
 
