@@ -1,13 +1,15 @@
 """`adaptflow run SPEC`: the main flow from the command line, stoppable with one Ctrl-C.
 
 An unchanged spec is decided "up to date" from the stage keys and the registry before any Prefect
-server starts (flows.keys.up_to_date): that takes about a second. It is still recorded as a flow
-run when a Prefect server is up (`adaptflow ui` leaves one running, or $PREFECT_API_URL); starting
-a temporary server only to record that nothing ran would cost ~10 s, so without one it is not.
+server starts (flows.keys.up_to_date): that takes about a second. It is recorded as a flow run at
+once when a Prefect server is up (`adaptflow ui` leaves one running, or $PREFECT_API_URL); with none,
+it is noted and recorded by the next command that has a server (flows.record): starting one only to
+record that nothing ran would cost ~10 s.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -65,8 +67,10 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) 
 
     with prefect_api(log.with_suffix(".server.log")):
         from flows.pipeline import adapt
+        from flows.record import record_noted
 
         console.after_prefect_import()
+        _courtesy(record_noted)
         ref = adapt(str(spec_file), str(workspace) if workspace else None)
     from flows.summary import run_summary
 
@@ -85,22 +89,33 @@ def _verdict(version) -> int:
 
     if gate_status(version.manifest) != "failed":
         return console.EXIT_OK
+    alias = ((version.manifest.get("spec") or {}).get("evaluation") or {}).get("promote_to") or "production"
     typer.echo(f"error: gate failed: {failed_gates(version.manifest)}; {version.ref} is registered but no alias "
                f"moved (exit {console.EXIT_GATES_FAILED}). Promote it anyway with "
-               f"`adaptflow registry promote {version.ref} production --force`", err=True)
+               f"`adaptflow registry promote {version.ref} {alias} --force`", err=True)
     return console.EXIT_GATES_FAILED
 
 
 def _record_unchanged(spec_file: Path, ref: str) -> None:
-    """A flow run for the record, on a server that is already up; none is started for it."""
+    """A flow run for the record on a server that is up; with none, noted for the next one (flows.record)."""
     from flows.server import running_url
 
     if running_url() is None:
+        from flows.unrecorded import note_unrecorded
+
+        note_unrecorded(str(spec_file), ref)
         return
-    from flows.record import adapt_unchanged
+    from flows.record import adapt_unchanged, record_noted
 
     console.after_prefect_import()
-    adapt_unchanged(str(spec_file), ref)
+    _courtesy(lambda: (record_noted(), adapt_unchanged(str(spec_file), ref)))
+
+
+def _courtesy(record) -> None:
+    try:
+        record()
+    except Exception:  # noqa: BLE001 - the record is a courtesy; the result stands without it
+        logging.getLogger(__name__).warning("could not record unchanged runs in Prefect", exc_info=True)
 
 
 def _saved_checkpoint(started: float) -> str | None:

@@ -41,8 +41,11 @@ def ui(
     from prefect import serve
 
     from flows.deployments import all_deployments
+    from flows.record import record_noted
 
     console.after_prefect_import()
+    if recorded := record_noted():
+        typer.echo(f"recorded {recorded} unchanged run(s) noted while no server was up")
     try:
         serve(*all_deployments())
     except KeyboardInterrupt:

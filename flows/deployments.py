@@ -115,7 +115,7 @@ def query_registered(system: str = SYSTEMS[0] if SYSTEMS else "lore-knowledge@pr
     return answer.to_dict()
 
 
-if SYSTEMS:  # a dropdown of what is registered; with none yet, a text field with an example
+if len(SYSTEMS) > 1:  # a dropdown of what is registered; with one or none, a text field (one would be a const)
     query_registered.__annotations__["system"] = Literal[tuple(SYSTEMS)]
 query_registered = flow(name="query", flow_run_name=system_run_name, log_prints=True)(query_registered)
 

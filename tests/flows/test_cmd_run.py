@@ -63,6 +63,17 @@ def test_unchanged_rerun_says_up_to_date_fast_and_is_still_a_flow_run(prefect_ap
     assert took < 10, f"an unchanged re-run took {took:.1f} s"  # ~1-2 s measured; margin for a busy machine
     assert len(_adapt_runs("tiny-knowledge")) == before + 1  # recorded, named after the spec
 
+    # no server up: nothing is started for the record; the run is noted and recorded by the next command
+    from flows.server import free_port
+
+    alone, _ = _cli(isolated, "run", str(spec), env_extra={"PREFECT_API_URL": "", "ADAPTFLOW_PREFECT_PORT": str(free_port())})
+    assert alone.returncode == 0 and "up to date: tiny-knowledge@v1" in alone.stdout, alone.stderr[-3000:]
+    assert len(_adapt_runs("tiny-knowledge")) == before + 1
+    assert (isolated / "home" / "unrecorded-runs.jsonl").exists()
+    _cli(isolated, "run", str(spec))
+    assert len(_adapt_runs("tiny-knowledge")) == before + 3  # the noted one, then this one
+    assert not (isolated / "home" / "unrecorded-runs.jsonl").exists()
+
 
 def test_a_data_error_is_one_line_with_the_traceback_in_a_log_file(prefect_api, isolated, make_workspace):
     spec = make_workspace(goal="behavior")

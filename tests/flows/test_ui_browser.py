@@ -45,7 +45,8 @@ def _register_demo(root, staging) -> None:
 
     (staging / "eval").mkdir(parents=True)
     (staging / "eval" / "report.json").write_text("{}")
-    manifest = {"spec": {"name": "demo"}, "metrics": {}, "gates": {"passed": True, "results": []},
+    passed = {"metric": "answer_f1", "op": ">=", "threshold": 0.5, "value": 0.6, "passed": True, "reason": None}
+    manifest = {"spec": {"name": "demo"}, "metrics": {"answer_f1": 0.6}, "gates": {"passed": True, "results": [passed]},
                 "base_model": {"id": "tiny", "revision": None, "weights_hash": None, "path": "/models/tiny"}}
     Registry(root).publish("demo", staging, manifest, aliases=["latest", "production"])
 
