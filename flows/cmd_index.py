@@ -13,7 +13,8 @@ from typing import Any
 
 import typer
 
-from flows.options import WorkspaceOpt
+from flows import console
+from flows.options import VerboseOpt, WorkspaceOpt
 
 VARIANTS = {"dense": (False, None), "hybrid": (True, None), "dense+mmr": (False, 0.7), "hybrid+mmr": (True, 0.7)}
 
@@ -77,8 +78,10 @@ def index(
     full: bool = typer.Option(False, "--full", help="rebuild from scratch instead of updating the existing folder"),
     compare: bool = typer.Option(False, "--compare", help="also score hybrid (BM25 + dense, RRF) and MMR variants"),
     as_json: bool = typer.Option(False, "--json", help="print index.json and the metrics as JSON"),
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Build the spec's FAISS index; print build time, vectors, recall vs exact, and hit@k / MRR on its QA data."""
+    console.setup("index", verbose)  # before the embedder's libraries load: no bars, no library warnings
     from components.specload import SpecError, load_spec
 
     try:
