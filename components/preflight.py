@@ -12,8 +12,10 @@ import difflib
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
+from components.objectstore import is_url
 from components.spec import TaskSpec
 from components.specload import SpecError, SpecIssue
 
@@ -152,6 +154,8 @@ def check_registry_writable(root: Path, name: str | None = None) -> None:
     with a few KB left passes this probe and can still fail at publish (docs/security.md)."""
     from components.registry import RegistryError
 
+    if is_url(str(root)):
+        return _check_store_writable(str(root))
     root = Path(root)
     target = root / name if name and (root / name).is_dir() else root
     try:
@@ -168,6 +172,23 @@ def check_registry_writable(root: Path, name: str | None = None) -> None:
             f"the registry {target} is not writable ({exc.strerror or exc}); checked before training so no work is "
             "lost. Fix: make it writable or free space there, or set ADAPTFLOW_REGISTRY to a writable folder"
         ) from None
+
+
+def _check_store_writable(url: str) -> None:
+    """The object-store registry: one small PUT and DELETE with the credentials the publish will use."""
+    from components.objectstore import ObjectStore
+    from components.registry import RegistryError
+
+    probe = f".write-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        store = ObjectStore(url)
+        store.write_json(probe, {})
+        store.delete(probe)
+    except (OSError, ValueError, ImportError) as exc:
+        raise RegistryError(
+            f"the registry {url} is not writable ({exc}); checked before training so no work is lost. Fix: check the "
+            "bucket, the credentials (AWS_* / ~/.aws) and the endpoint (AWS_ENDPOINT_URL_S3), or set ADAPTFLOW_REGISTRY "
+            "to a writable folder") from None
 
 
 def check_before_run(spec: TaskSpec, spec_file: str | Path, registry_root: Path | None = None) -> None:

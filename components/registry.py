@@ -34,6 +34,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from components.objectstore import is_url
 from components.registry_diff import diff_manifests
 from components.registry_files import (
     ASSIGNED_KEYS,
@@ -132,11 +133,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _chosen_root(root: Path | str | None) -> Path | str:
+    return root if root is not None else os.environ.get(ENV_ROOT) or "registry"
+
+
 class Registry:
-    """A registry rooted at `root`, else `$ADAPTFLOW_REGISTRY`, else `./registry`."""
+    """A registry rooted at `root`, else `$ADAPTFLOW_REGISTRY`, else `./registry`.
+
+    A remote fsspec URL (s3://bucket/registry, gs://...) gives a `registry_remote.ObjectRegistry`:
+    the same interface, with versions cached locally by content digest when opened.
+    """
+
+    def __new__(cls, root: Path | str | None = None, **_: Any) -> Registry:
+        if cls is Registry and is_url(str(_chosen_root(root))):
+            from components.registry_remote import ObjectRegistry  # the object-store half imports this module
+
+            return super().__new__(ObjectRegistry)
+        return super().__new__(cls)
 
     def __init__(self, root: Path | str | None = None, *, lock_timeout: float = 600.0):
-        chosen = root if root is not None else os.environ.get(ENV_ROOT) or "registry"
+        chosen = _chosen_root(root)
+        if str(chosen).startswith("file://"):
+            chosen = str(chosen)[len("file://"):]
         self.root = Path(chosen).expanduser().absolute()
         self.lock_timeout = lock_timeout
 
@@ -155,21 +173,11 @@ class Registry:
         Aliases move only as far as the gates allow: a failed gate or an `eval_error` moves
         none; a manifest without `gates` moves only `latest`; passed gates move all of `aliases`.
         """
-        if not NAME_RE.match(name):
-            raise RegistryError(f"registry name '{name}' is not [a-z0-9][a-z0-9-]*; use the spec's `name`")
-        for alias in aliases:
-            _check_alias(alias)
-        staging = Path(staging)
-        if not staging.is_dir():
-            raise RegistryError(f"staging folder {staging} does not exist or is not a folder; pass the run's output folder")
-        data = self._caller_manifest(name, manifest)
-        files = hash_tree(staging)
-        if MANIFEST in files:
-            raise RegistryError(f"{staging / MANIFEST} exists; the registry writes manifest.json itself, so move that file")
-        data["files"] = files
-        digest = content_digest(data)
+        data, digest = self._prepare(name, staging, manifest, aliases)
         if found := self._find_digest(name, digest):
             return found  # identical content: write nothing, move nothing
+        staging = Path(staging)
+        files = data["files"]
         name_dir = self.root / name
         name_dir.mkdir(parents=True, exist_ok=True)
         tmp = name_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{socket.gethostname()}"
@@ -190,6 +198,25 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _prepare(
+        self, name: str, staging: Path, manifest: Mapping[str, Any], aliases: Sequence[str]
+    ) -> tuple[dict[str, Any], str]:
+        """Check the inputs; return the manifest data (with `files`) and its content digest."""
+        if not NAME_RE.match(name):
+            raise RegistryError(f"registry name '{name}' is not [a-z0-9][a-z0-9-]*; use the spec's `name`")
+        for alias in aliases:
+            _check_alias(alias)
+        staging = Path(staging)
+        if not staging.is_dir():
+            raise RegistryError(f"staging folder {staging} does not exist or is not a folder; pass the run's output folder")
+        data = self._caller_manifest(name, manifest)
+        files = hash_tree(staging)
+        if MANIFEST in files:
+            raise RegistryError(f"{staging / MANIFEST} exists; the registry writes manifest.json itself, so move that file")
+        data["files"] = files
+        digest = content_digest(data)
+        return data, digest
 
     def _caller_manifest(self, name: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
         clash = [k for k in ASSIGNED_KEYS if k in manifest]
@@ -228,8 +255,11 @@ class Registry:
         if allowed:
             table = self.aliases(name)
             table.update({a: number for a in allowed})
-            atomic_write_json(self.root / name / ALIASES, dict(sorted(table.items())))
+            self._write_aliases(name, table)
         return tuple(allowed)
+
+    def _write_aliases(self, name: str, table: dict[str, int]) -> None:
+        atomic_write_json(self.root / name / ALIASES, dict(sorted(table.items())))
 
     def _clean_stale_temps(self, name_dir: Path) -> None:
         """Remove temp folders left by publishers that died (same host, pid gone) or are a day old."""
@@ -332,7 +362,7 @@ class Registry:
             raise RegistryError(f"{name} has no alias '{selector}' (aliases: {have}){hint}")
         if table[selector] not in numbers:
             raise RegistryIntegrityError(
-                f"{self.root / name / ALIASES}: '{selector}' points at v{table[selector]}, which does not exist; "
+                f"{self.root}/{name}/{ALIASES}: '{selector}' points at v{table[selector]}, which does not exist; "
                 f"move it with `adaptflow registry promote {name}@vN {selector}`", [ALIASES]
             )
         return self._load(name, table[selector])
@@ -375,7 +405,7 @@ class Registry:
                 raise RegistryError(f"{name} has no version v{number} (versions: {have}); cannot point '{alias}' at it")
             table = self.aliases(name)
             table[alias] = number
-            atomic_write_json(self.root / name / ALIASES, dict(sorted(table.items())))
+            self._write_aliases(name, table)
 
     def promote(self, ref: str, alias: str, *, force: bool = False) -> Version:
         """Move `alias` to the version `ref` names; refuses a version whose gates failed unless `force`."""

@@ -5,6 +5,13 @@ Each stage (train, index, eval) stores its output folder under
 section, data file hashes, upstream digests and the source of the code that computes it.
 Work happens in `<key>.work/` (training checkpoints live there, so a killed run resumes) and
 is renamed into place when complete, so a finished folder is never partial.
+
+With `ADAPTFLOW_STAGES` set to a remote fsspec URL (s3://bucket/stages), finished outputs are also
+shared through it, so a second machine or worker reuses them: a commit uploads the folder under a
+fresh prefix `<stage>/<key>/<upload-id>/`, then creates `<stage>/<key>/stage.json` (its file
+hashes and that prefix) only if absent. The first writer of a key wins; a loser deletes its upload.
+`done` downloads a remote output into the local folder, checking every file's sha256 on the way.
+Work folders and locks stay local to the machine (`$ADAPTFLOW_HOME/stages`).
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ import inspect
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from types import ModuleType
 
 from filelock import FileLock
 
 from components.models import adaptflow_home, sha256_file
+from components.objectstore import ObjectStore, is_url
 
 DONE = "stage.json"
 
@@ -44,13 +53,32 @@ def code_version(*modules: ModuleType) -> str:
 
 
 class StageStore:
-    def __init__(self, root: Path | None = None):
-        env = os.environ.get("ADAPTFLOW_STAGES")
-        self.root = Path(root) if root else Path(env) if env else adaptflow_home() / "stages"
+    def __init__(self, root: Path | str | None = None):
+        chosen = root or os.environ.get("ADAPTFLOW_STAGES")
+        self.remote = ObjectStore(str(chosen)) if is_url(str(chosen)) else None
+        self.root = adaptflow_home() / "stages" if self.remote or not chosen else Path(chosen)
 
     def done(self, stage: str, key: str) -> Path | None:
         folder = self.root / stage / key
-        return folder if (folder / DONE).exists() else None
+        if (folder / DONE).exists():
+            return folder
+        return self._fetch(stage, key) if self.remote else None
+
+    def _fetch(self, stage: str, key: str) -> Path | None:
+        marker = self.remote.read_json(f"{stage}/{key}/{DONE}")
+        if not isinstance(marker, dict):
+            return None
+        files, prefix = marker.pop("files"), marker.pop("prefix")
+        extra = {DONE: json.dumps(marker, indent=2, default=str).encode()}
+        return self.remote.download_tree(f"{stage}/{key}/{prefix}", files, self.root / stage / key, extra=extra)
+
+    def _share(self, stage: str, key: str, folder: Path, info: dict) -> None:
+        """Upload a finished output; the marker, created last and only if absent, publishes it."""
+        prefix = uuid.uuid4().hex
+        files = {rel: sha for rel, sha in self.remote.upload_tree(folder, f"{stage}/{key}/{prefix}").items() if rel != DONE}
+        marker = {**json.loads(json.dumps(info, default=str)), "files": files, "prefix": prefix}
+        if not self.remote.create_json(f"{stage}/{key}/{DONE}", marker):
+            self.remote.delete(f"{stage}/{key}/{prefix}")  # another worker published this key first
 
     def lock(self, stage: str, key: str) -> FileLock:
         (self.root / stage).mkdir(parents=True, exist_ok=True)
@@ -74,11 +102,15 @@ class StageStore:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
+        if self.remote:
+            self._share(stage, key, final, {"stage": stage, "key": key, **info})
         return final
 
     def pointer(self, stage: str, name: str) -> Path | None:
         """The last completed output of `stage` for a task name (the base of incremental updates)."""
         ref = self.root / stage / f"latest-{name}.txt"
+        if self.remote and (raw := self.remote.read_bytes(f"{stage}/latest-{name}.txt")):
+            return self.done(stage, raw.decode().strip())
         if ref.exists():
             folder = self.done(stage, ref.read_text().strip())
             return folder
@@ -89,3 +121,5 @@ class StageStore:
         tmp = ref.with_suffix(".tmp")
         tmp.write_text(key)
         os.replace(tmp, ref)
+        if self.remote:
+            self.remote.fs.pipe_file(self.remote.key(f"{stage}/latest-{name}.txt"), key.encode())
