@@ -318,22 +318,39 @@ def _sse(request: Request, sub: Submission, req: Generation, kind: str) -> Strea
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _install_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
-    """Bearer token on /v1/*, the Content-Length limit, and OpenAI-shaped bodies for every error."""
+class Guard:
+    """Bearer token on /v1/* and the Content-Length limit, as plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware wraps `receive` so that `Request.is_disconnected()` never sees a disconnect."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
+    def __init__(self, app, api_key: str | None, limits: Limits):
+        self.app, self.api_key, self.limits = app, api_key, limits
+
+    async def __call__(self, scope, receive, send):
+        refused = self._refused(scope) if scope["type"] == "http" else None
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refused(self, scope) -> JSONResponse | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.api_key is not None and scope["path"].startswith("/v1/"):
+            header = headers.get("authorization", "")
             given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
+            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
                 return error(401, "missing or wrong bearer token; send `Authorization: Bearer $ADAPTFLOW_API_KEY`",
                              "authentication_error", code="invalid_api_key")
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limits.max_body_bytes:
-            return error(413, f"request body is {length} bytes; the limit is {limits.max_body_bytes}",
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limits.max_body_bytes:
+            return error(413, f"request body is {length} bytes; the limit is {self.limits.max_body_bytes}",
                          code="request_too_large")
-        return await call_next(request)
+        return None
+
+
+def _install_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
+    """The Guard, and OpenAI-shaped bodies for every error."""
+
+    app.add_middleware(Guard, api_key=api_key, limits=limits)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

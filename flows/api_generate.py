@@ -53,17 +53,20 @@ class Submission:
     async def events(self, request: Request | None = None) -> AsyncIterator[tuple]:
         """Every event until each row is done or failed; with `request`, a client that went away
         cancels the rows (non-streaming requests: a streaming response is cancelled by Starlette)."""
-        pending = len(self.rows)
+        pending, checked = len(self.rows), time.monotonic()
         while pending:
             try:
                 event = await asyncio.wait_for(self.queue.get(), 0.25)
             except TimeoutError:
-                if request is not None and await request.is_disconnected():
+                event = None
+            if request is not None and time.monotonic() - checked > 0.25:  # deltas may never pause
+                checked = time.monotonic()
+                if await request.is_disconnected():
                     self.cancel()
-                    raise ClientGone() from None
-                continue
-            pending -= event[0] != "delta"
-            yield event
+                    raise ClientGone()
+            if event is not None:
+                pending -= event[0] != "delta"
+                yield event
 
     async def completions(self, request: Request) -> list[Completion]:
         done: dict[int, Completion] = {}

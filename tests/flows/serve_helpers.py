@@ -53,7 +53,7 @@ def running_server(registry: Path, log: Path, *flags: str) -> Iterator[str]:
 
 def metric(url: str, name: str, **labels: str) -> float:
     """One sample of GET /metrics (0 when absent)."""
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         if line.startswith(want + " "):
             return float(line.split()[-1])
