@@ -10,6 +10,7 @@ and a bad request never takes the server down. docs/serving.md lists every field
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import time
@@ -89,19 +90,18 @@ def _params(req: Generation, n_logprobs: int | None, grammar: str | None) -> lis
 
 def create_app(registry: Registry | None = None, api_key: str | None = None, limits: Limits = Limits(),
                max_adapters: int | None = None) -> FastAPI:
-    app = FastAPI(title="Adaptflow", version="0.1.0")
     metrics = Metrics(lambda: sum(e.queue_depth() for e in engines()), lambda: sum(e.active() for e in engines()))
     systems = Systems(registry or Registry(), max_adapters, lambda kind, ref: metrics.adapter_events.labels(kind).inc())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        unobserve = serving_engine.observe(metrics.on_step)  # batch sizes of every engine, for /metrics
+        yield
+        unobserve()
+
+    app = FastAPI(title="Adaptflow", version="0.1.0", lifespan=lifespan)
     app.state.systems, app.state.metrics = systems, metrics
     _install_guards(app, api_key, limits)
-
-    @app.on_event("startup")
-    def _watch_engines() -> None:
-        app.state.unobserve = serving_engine.observe(metrics.on_step)
-
-    @app.on_event("shutdown")
-    def _unwatch_engines() -> None:
-        app.state.unobserve()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def chat_page() -> str:
@@ -136,7 +136,7 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         """The full text of a cited chunk (the chat page's citation links open it)."""
         try:
             with systems.using(model.strip()) as system:
-                row = system.retriever.rows[chunk_id] if system.retriever is not None else None
+                row = system.retriever.rows.get(chunk_id) if system.retriever is not None else None
         except (RegistryError, OSError) as exc:
             return failure(exc)
         if row is None:

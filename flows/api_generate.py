@@ -140,7 +140,8 @@ def text_logprobs(tokenizer, choices: list[TokenChoice] | None) -> dict | None:
 
 
 def citations(prepared: Prepared) -> list[dict]:
-    return [asdict(c) for c in prepared.citations]
+    """Our citations; `chunk_ref` is the chunk id as a string (ids are 64-bit; JavaScript numbers are not)."""
+    return [asdict(c) | {"chunk_ref": str(c.chunk_id)} for c in prepared.citations]
 
 
 def new_id(prefix: str) -> str:

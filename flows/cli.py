@@ -8,7 +8,17 @@ from importlib import metadata
 
 import typer
 
-from flows import cmd_compare, cmd_index, cmd_query, cmd_registry, cmd_run, cmd_spec, cmd_ui, console
+from flows import (
+    cmd_chat,
+    cmd_compare,
+    cmd_index,
+    cmd_query,
+    cmd_registry,
+    cmd_run,
+    cmd_spec,
+    cmd_ui,
+    console,
+)
 from flows.options import VerboseOpt
 
 NAMES = {"str": "TEXT", "Path": "PATH", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN"}
@@ -30,7 +40,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 COMMANDS = (
     cmd_spec.validate, cmd_spec.schema, cmd_spec.plan, cmd_index.index, cmd_run.run, cmd_compare.compare,
-    cmd_query.query, cmd_query.serve, cmd_ui.ui,
+    cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_chat.chat,
 )
 for command in COMMANDS:
     app.command()(command)
