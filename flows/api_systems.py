@@ -72,7 +72,8 @@ class Systems:
             if entry is None or entry.stamp != stamp:
                 if entry is not None:
                     self._drop(version.ref, "reload")
-                entry = Loaded(load_system(version.ref, self.registry), stamp)  # verifies every hash
+                system = load_system(version.ref, self.registry)  # verifies every hash
+                entry = Loaded(system, stat_stamp(version.path))  # (a remote registry's cache exists only now)
                 self.on_event("load", version.ref)
             with self._lock:
                 self._loaded[version.ref] = entry
