@@ -12,6 +12,7 @@ from flows import (
     cmd_chat,
     cmd_compare,
     cmd_index,
+    cmd_inspect,
     cmd_query,
     cmd_registry,
     cmd_run,
@@ -40,7 +41,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 COMMANDS = (
     cmd_spec.validate, cmd_spec.schema, cmd_spec.plan, cmd_index.index, cmd_run.run, cmd_compare.compare,
-    cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_chat.chat,
+    cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_chat.chat, cmd_inspect.inspect,
 )
 for command in COMMANDS:
     app.command()(command)

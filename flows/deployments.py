@@ -127,6 +127,7 @@ def loaded_name(ref: str) -> str:
 def all_deployments() -> list:
     # Module-path entrypoints: the runner re-imports flows.deployments from the installed package,
     # whatever folder `adaptflow ui` was started in.
+    from flows.cmd_inspect import inspect_flow
     from flows.compare import deployment as compare_deployment  # it imports this module: import it late
 
     module = {"entrypoint_type": EntrypointType.MODULE_PATH}
@@ -136,4 +137,5 @@ def all_deployments() -> list:
         evaluate_registered.to_deployment(name="evaluate", description="Re-evaluate a registered system", **module),
         query_registered.to_deployment(name="query", description="Ask a registered system a question", **module),
         compare_deployment(),
+        inspect_flow.to_deployment(name="inspect", description="Where a registered adapter's change lives", **module),
     ]
