@@ -34,7 +34,7 @@ SCORE_METRICS = ("accuracy", "answer_f1", "contains_answer", "exact_match")  # t
 # a LoRA rate; soft prompts barely move at one). A variant of another family than the spec's own
 # method starts from its family's rate unless `compare.lr` names one; the report lists what was used.
 LR_FAMILIES = {
-    "low-rank": ({"lora", "dora", "qlora", "adalora", "loha", "lokr"}, 2.0e-4),
+    "low-rank": ({"lora", "dora", "qlora", "adalora", "loha", "lokr", "hybrid"}, 2.0e-4),
     "ia3": ({"ia3"}, 1.0e-2),
     "prompt": (PROMPT_LEARNING, 3.0e-2),
     "weights": (WEIGHT_METHODS, 5.0e-5),

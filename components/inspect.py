@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 METHOD_FILE = "adaptflow_adapter.json"  # components.methods.METHOD_FILE (kept import-free of peft)
 WEIGHTS_FILE = "adapter_weights.safetensors"  # components.methods.WEIGHTS_FILE
+HYBRID_MANIFEST = "hybrid.json"  # components.hybrid.MANIFEST
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
 TOP_SINGULAR = 8
 ENERGY = 0.9
@@ -220,6 +221,8 @@ def _method_of(adapter_dir: Path, default: str) -> str:
 def inspect_adapter(adapter_dir: Path, base_dir: Path | None = None) -> Inspection:
     """Read an adapter folder (peft's, or selective/full weights with `base_dir`) into an Inspection."""
     adapter_dir = Path(adapter_dir)
+    if (adapter_dir / HYBRID_MANIFEST).exists():
+        return _inspect_hybrid(adapter_dir, base_dir)
     if (adapter_dir / ADAPTER_CONFIG).exists():
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
         peft_type = str(config.get("peft_type", "")).upper()
@@ -242,6 +245,17 @@ def inspect_adapter(adapter_dir: Path, base_dir: Path | None = None) -> Inspecti
         return _inspect_weights(adapter_dir, base_dir)
     raise InspectError(f"{adapter_dir} holds neither {ADAPTER_CONFIG} (peft) nor {WEIGHTS_FILE} (selective/full); "
                        "point at a registered version's adapter/ folder")
+
+
+def _inspect_hybrid(adapter_dir: Path, base_dir: Path | None) -> Inspection:
+    """Each part (a standard peft folder) inspected alone; its modules named `<part>:<module>`."""
+    parts = json.loads((adapter_dir / HYBRID_MANIFEST).read_text())["parts"]
+    stats, notes = [], ["hybrid: each part's update is shown separately; on a module several parts target, they add up"]
+    for part in parts:
+        ins = inspect_adapter(adapter_dir / part["name"], base_dir)
+        stats += [replace(s, name=f"{part['name']}:{s.name}", module=f"{part['name']}:{s.module}") for s in ins.modules]
+        notes += [f"{part['name']}: {n}" for n in ins.notes]
+    return Inspection("hybrid", "+".join(p["peft_type"] for p in parts), "‖ΔW‖_F per part", stats, notes)
 
 
 def base_tensors(base_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:

@@ -38,11 +38,13 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
+from components import hybrid
 from components.spec import (
     AdaLoraSpec,
     AdapterSpec,
     DoraSpec,
     FullSpec,
+    HybridSpec,
     IA3Spec,
     LoHaSpec,
     LoKrSpec,
@@ -157,6 +159,12 @@ def build_full(spec: FullSpec, ctx: BuildContext) -> WeightSelection:
     return WeightSelection(None)
 
 
+def build_hybrid(spec: HybridSpec, ctx: BuildContext) -> hybrid.HybridBuild:
+    names = hybrid.part_names([p.method for p in spec.parts])
+    parts = tuple((name, BUILDERS[p.method](p, ctx)) for name, p in zip(names, spec.parts, strict=True))
+    return hybrid.HybridBuild(parts, "prompt" if any(c.is_prompt_learning for _, c in parts) else "mixed")
+
+
 register("lora", build_lora)
 register("dora", build_lora)  # DoraSpec is a LoraSpec; build_lora sets use_dora
 register("qlora", build_lora)  # LoRA; the 4-bit base comes from base_model.quantization
@@ -169,6 +177,7 @@ register("p_tuning", build_p_tuning)
 register("prefix_tuning", build_prefix_tuning)
 register("selective", build_selective)
 register("full", build_full)
+register("hybrid", build_hybrid)  # components/hybrid.py: PeftMixedModel, or a soft prompt over a LoRA
 
 
 # --- attaching -------------------------------------------------------------------------------
@@ -185,6 +194,10 @@ def apply_method(model, adapter: AdapterSpec, *, total_steps: int | None = None,
 
 def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
     built = BUILDERS[adapter.method](adapter, ctx)
+    if isinstance(built, hybrid.HybridBuild):
+        model = hybrid.attach(model, built)
+        _fix_prompt_learning_generate(model)
+        return model
     if isinstance(built, WeightSelection):
         if is_quantized(model):
             raise ValueError(
@@ -241,6 +254,11 @@ def disable_gradient_checkpointing(model) -> None:
     base.config.use_cache = True
     if is_prompt_learning(model) and hasattr(base, "disable_input_require_grads"):
         base.disable_input_require_grads()
+
+
+def adapters_disabled(model):
+    """A context in which the model computes as its base (every hybrid part off)."""
+    return hybrid.disabled(model) if hybrid.is_hybrid(model) else model.disable_adapter()
 
 
 def is_prompt_learning(model) -> bool:
@@ -378,6 +396,10 @@ def save_adapter(model, adapter: AdapterSpec, out_dir: Path) -> Path:
     selective/full: the trained tensors as safetensors, plus the method JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(adapter, HybridSpec):
+        hybrid.save(model, [p.method for p in adapter.parts], out_dir, _sort_set_fields)
+        _write_method_file(out_dir, adapter, {"format": "hybrid"})
+        return out_dir
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir)
         _sort_set_fields(out_dir / "adapter_config.json", model.peft_config[model.active_adapter])
@@ -394,6 +416,13 @@ def load_adapter(base_model, adapter_dir: Path, adapter_name: str = "default", *
     """The base model with the adapter. A second peft adapter is added to an existing PeftModel under
     `adapter_name` (switch with `set_adapter`); selective/full tensors are copied into the base in place."""
     adapter_dir = Path(adapter_dir)
+    if (adapter_dir / hybrid.MANIFEST).exists():
+        if isinstance(base_model, PeftModel | hybrid.PeftMixedModel) or adapter_name != "default":
+            raise ValueError(f"{adapter_dir} is a hybrid adapter, which changes the base in several ways at once; "
+                             "load it onto a fresh base model")
+        model = hybrid.load(base_model, adapter_dir, is_trainable=is_trainable)
+        _fix_prompt_learning_generate(model)
+        return model
     if (adapter_dir / "adapter_config.json").exists():
         if isinstance(base_model, PeftModel):
             try:

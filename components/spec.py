@@ -268,6 +268,47 @@ class FullSpec(Strict):
     method: Literal["full"] = "full"
 
 
+MIXED_PARTS = ("lora", "dora", "loha", "lokr")  # tuners peft's PeftMixedModel trains together
+PROMPT_PARTS = ("prompt_tuning",)  # a soft prompt on top of one low-rank part (built explicitly)
+HybridPart = Annotated[
+    LoraSpec | DoraSpec | QLoraSpec | AdaLoraSpec | IA3Spec | LoHaSpec | LoKrSpec | PromptTuningSpec | PTuningSpec
+    | PrefixTuningSpec | SelectiveSpec | FullSpec,
+    Field(discriminator="method"),
+]
+
+
+class HybridSpec(Strict):
+    """Several tuners on one base, trained together (docs/hybrid.md)."""
+
+    method: Literal["hybrid"] = "hybrid"
+    parts: list[HybridPart] = Field(
+        [LoraSpec(), LoHaSpec()], min_length=2, max_length=4,
+        description="lora/dora/loha/lokr together (peft's mixed model), or prompt_tuning + one lora/dora",
+    )
+
+    @model_validator(mode="after")
+    def _trainable_mix(self) -> HybridSpec:
+        methods = [p.method for p in self.parts]
+        prompts = [m for m in methods if m in PROMPT_PARTS]
+        low_rank = [m for m in methods if m in MIXED_PARTS]
+        if len(low_rank) == len(methods) or (len(prompts) == 1 and len(methods) == 2 and low_rank in (["lora"], ["dora"])):
+            return self
+        raise ValueError(
+            f"adapter.parts {' + '.join(methods)}: peft cannot train this mix. A hybrid is either low-rank tuners "
+            f"together ({', '.join(MIXED_PARTS)}; peft's PeftMixedModel), or prompt_tuning + one lora or dora. "
+            "adalora's rank allocator, ia3, p_tuning, prefix_tuning, selective, full and qlora are single-method only"
+        )
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return sum(getattr(p, "num_virtual_tokens", 0) for p in self.parts)
+
+
+def soft_prompt(adapter: Any) -> bool:
+    """The adapter prepends virtual tokens (prompt learning, or a hybrid with a prompt part): no packing."""
+    return adapter.method in PROMPT_LEARNING or any(p.method in PROMPT_LEARNING for p in getattr(adapter, "parts", []))
+
+
 AdapterSpec = Annotated[
     LoraSpec
     | DoraSpec
@@ -280,7 +321,8 @@ AdapterSpec = Annotated[
     | PTuningSpec
     | PrefixTuningSpec
     | SelectiveSpec
-    | FullSpec,
+    | FullSpec
+    | HybridSpec,
     Field(discriminator="method"),
 ]
 PROMPT_LEARNING = {"prompt_tuning", "p_tuning", "prefix_tuning"}

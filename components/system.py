@@ -32,7 +32,7 @@ from components.prompting import format_context, last_user_text, question_messag
 from components.serving.bases import BaseHandle, base_loads, embed_lock, shared_base
 from components.serving.engine import Completion, Route, Row
 from components.serving.sampling import SamplingParams
-from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, TaskSpec
+from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, TaskSpec, soft_prompt
 
 __all__ = ["Answer", "BaseHandle", "Citation", "PromptTooLong", "System", "Usage", "base_loads", "generate_texts",
            "load_system", "shared_base"]
@@ -169,7 +169,7 @@ class System:
 
             self.retriever = Retriever.open(index_dir, embedder=embedder, verify=verify_index)
         self._private_model = self._prompt_model = None
-        injected = self.method is not None and self.method not in PROMPT_LEARNING | WEIGHT_METHODS
+        injected = self.method is not None and self.method not in PROMPT_LEARNING | WEIGHT_METHODS | {"hybrid"}
         lane = _peft_type(Path(adapter_dir)) if injected else None
         self.handle = shared_base(spec.base_model, lane, precision=task_precision(spec))
         if self.method is not None:
@@ -184,9 +184,13 @@ class System:
         with handle.lock:
             if self.method in PROMPT_LEARNING:
                 self._prompt_model = load_adapter(handle.model, adapter_dir).eval()
-            elif self.method in WEIGHT_METHODS:
+            elif self.method in WEIGHT_METHODS or self.method == "hybrid":  # a hybrid changes its own copy of the base
                 own = load_model(self.spec.base_model, handle.resolved, precision=task_precision(self.spec))
-                self._private_model = load_adapter(own, adapter_dir).eval()
+                model = load_adapter(own, adapter_dir).eval()
+                if soft_prompt(self.spec.behavior.adapter):
+                    self._prompt_model = model  # generated as prompt learning is (no shared KV cache)
+                else:
+                    self._private_model = model
             else:
                 self.adapter_name = _adapter_digest(adapter_dir)
                 if handle.peft is None:

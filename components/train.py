@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel
+from peft import PeftMixedModel, PeftModel
 from tqdm.auto import tqdm
 
 from components import checkpoint, memory, methods
@@ -49,11 +49,11 @@ from components.data import (
 from components.precision import Precision, resolve_precision
 from components.spec import (
     NO_CHECKPOINTING,
-    PROMPT_LEARNING,
     WEIGHT_METHODS,
     BehaviorSpec,
     TaskSpec,
     TrainingSpec,
+    soft_prompt,
 )
 
 Progress = Callable[[int, int, dict], None]
@@ -240,8 +240,8 @@ def generation_check(base_model, tuned_model, tokenizer, prompts: list, *, base_
     GenerationCheckError with it on a failure (the adapter at `adapter_dir` is kept)."""
     tuned = greedy(tuned_model, tokenizer, prompts, tolerance=tolerance)
     if base_outputs is None:
-        if isinstance(tuned_model, PeftModel):
-            with tuned_model.disable_adapter():
+        if isinstance(tuned_model, PeftModel | PeftMixedModel):
+            with methods.adapters_disabled(tuned_model):
                 base_outputs = greedy(tuned_model, tokenizer, prompts, tolerance=tolerance)
         else:
             base_outputs = greedy(base_model, tokenizer, prompts, tolerance=tolerance)
@@ -299,7 +299,7 @@ def train(
     precision = resolve_precision(spec.precision, _device(model).type)
     data = data or prepare_data(behavior, tokenizer)
     per_epoch, total = plan_steps(len(data.train), spec)
-    packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING  # soft prompts are per row
+    packed = spec.packing and not soft_prompt(behavior.adapter)  # soft prompts are per row
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [prompt_messages(e) for e in (data.eval_examples or data.train_examples)[:GENERATION_PROMPTS]]
     weights_method = behavior.adapter.method in WEIGHT_METHODS
@@ -432,7 +432,7 @@ def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision:
     """Resolve `training.gradient_checkpointing` from the memory estimate for the longest micro-batch."""
     spec = behavior.training
     examples = data.train.examples
-    packed = spec.packing and behavior.adapter.method not in PROMPT_LEARNING
+    packed = spec.packing and not soft_prompt(behavior.adapter)
     longest = spec.max_seq_len if packed else max((len(e) for e in examples), default=spec.max_seq_len)
     seq = min(spec.max_seq_len, longest) + (getattr(behavior.adapter, "num_virtual_tokens", 0) or 0)
     answer_share = sum(e.n_answer_tokens for e in examples) / max(1, sum(len(e) for e in examples))
