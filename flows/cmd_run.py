@@ -65,12 +65,12 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) 
 
     from flows.server import prefect_api
 
-    with prefect_api(log.with_suffix(".server.log")):
+    with prefect_api(log.with_suffix(".server.log")) as url:
         from flows.pipeline import adapt
         from flows.record import record_noted
 
         console.after_prefect_import()
-        _courtesy(record_noted)
+        _courtesy(lambda: record_noted(url))
         ref = adapt(str(spec_file), str(workspace) if workspace else None)
     from flows.summary import run_summary
 
@@ -100,15 +100,14 @@ def _record_unchanged(spec_file: Path, ref: str) -> None:
     """A flow run for the record on a server that is up; with none, noted for the next one (flows.record)."""
     from flows.server import running_url
 
-    if running_url() is None:
+    if (url := running_url()) is None:
         from flows.unrecorded import note_unrecorded
 
         note_unrecorded(str(spec_file), ref)
         return
-    from flows.record import adapt_unchanged, record_noted
+    from flows.record import record_noted, record_unchanged
 
-    console.after_prefect_import()
-    _courtesy(lambda: (record_noted(), adapt_unchanged(str(spec_file), ref)))
+    _courtesy(lambda: (record_noted(url), record_unchanged(url, str(spec_file.absolute()), ref)))
 
 
 def _courtesy(record) -> None:

@@ -33,8 +33,7 @@ def ui(
     if root is not None:  # the deployments (and the query form's dropdown) read the registry from here
         os.environ["ADAPTFLOW_REGISTRY"] = str(root.expanduser().absolute())
     proc = server.start_server(port, log=log.with_suffix(".server.log"))
-    if proc is not None:
-        server.remember(proc, port)
+    server.remember(proc, port)
     os.environ["PREFECT_API_URL"] = server.api_url(port)
     typer.echo(f"Prefect UI: http://127.0.0.1:{port}  ({'started' if proc else 'already running'}; "
                "it stays up after Ctrl-C so CLI runs show here too; `adaptflow ui --stop` stops it)")
@@ -44,7 +43,7 @@ def ui(
     from flows.record import record_noted
 
     console.after_prefect_import()
-    if recorded := record_noted():
+    if recorded := record_noted(server.api_url(port)):
         typer.echo(f"recorded {recorded} unchanged run(s) noted while no server was up")
     try:
         serve(*all_deployments())

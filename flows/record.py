@@ -1,32 +1,46 @@
-"""Flow runs for the record when `adaptflow run` found the spec up to date (flows.cmd_run): at once
-with a server up, else later from the runs `flows.unrecorded` noted."""
+"""Flow runs for the record when `adaptflow run` found the spec up to date (flows.cmd_run).
+
+Recorded through Prefect's REST API (three small requests, no Prefect import: ~0.1 s instead of the
+3-5 s of importing Prefect and running its flow engine for a flow that does nothing): an `adapt`
+flow run named after the spec, Completed, with the `up to date` line in its logs. With no server up,
+the run is noted (flows.unrecorded) and recorded here by the next command that has one.
+"""
 
 from __future__ import annotations
 
-from prefect import flow
+import json
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
 
-from flows.names import spec_run_name
+from flows.names import spec_name
 from flows.unrecorded import claim_noted
 
 
-@flow(name="adapt", flow_run_name=spec_run_name, log_prints=True)
-def adapt_unchanged(spec_path: str, ref: str, noted_at: str | None = None) -> str:
-    """Every stage of the spec is stored and `ref` already holds their result: nothing runs.
-
-    Args:
-        spec_path: The spec that was run.
-        ref: The registered version that already holds its result.
-        noted_at: When the run happened, if it is recorded later (no server was up then).
-    """
-    when = f" (run at {noted_at}, recorded now)" if noted_at else ""
-    print(f"up to date: {ref}, nothing ran{when}")
-    return ref
+def _post(api: str, path: str, body: Any) -> Any:
+    request = urllib.request.Request(api.rstrip("/") + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
 
 
-def record_noted() -> int:
-    """Record the noted runs on the server in use now; returns how many. Claims the ledger first
-    (a rename), so two commands never record the same run twice."""
+def record_unchanged(api: str, spec_path: str, ref: str, noted_at: str | None = None) -> str:
+    """Create the Completed `adapt` flow run and its log line; returns the flow run id."""
+    line = f"up to date: {ref}, nothing ran" + (f" (run at {noted_at}, recorded later)" if noted_at else "")
+    flow = _post(api, "/flows/", {"name": "adapt"})  # the existing flow of that name, or a new one
+    run = _post(api, "/flow_runs/", {
+        "flow_id": flow["id"], "name": spec_name(spec_path), "tags": ["up-to-date"],
+        "parameters": {"spec_path": spec_path, "ref": ref},
+        "state": {"type": "COMPLETED", "name": "Completed", "message": line},
+    })
+    _post(api, "/logs/", [{"name": "prefect.flow_runs", "level": 20, "message": line, "flow_run_id": run["id"],
+                           "timestamp": datetime.now(UTC).isoformat()}])
+    return run["id"]
+
+
+def record_noted(api: str) -> int:
+    """Record the runs noted while no server was up; returns how many."""
     with claim_noted() as rows:
         for row in rows:
-            adapt_unchanged(row["spec_path"], row["ref"], row["noted_at"])
+            record_unchanged(api, row["spec_path"], row["ref"], row["noted_at"])
     return len(rows)

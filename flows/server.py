@@ -174,38 +174,61 @@ def _pidfile(port: int) -> Path:
     return adaptflow_home() / f"prefect-server-{port}.json"
 
 
-def remember(proc: subprocess.Popen, port: int) -> None:
+def remember(proc: subprocess.Popen | None, port: int) -> None:
+    """Note the server `adaptflow ui` started (or reuses) and this ui process serving the deployments,
+    for `--stop`. A server this command did not start and no earlier ui noted stays unnoted."""
     path = _pidfile(port)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": proc.pid, "port": port}))
+    noted = json.loads(path.read_text()) if path.exists() else {}
+    if proc is not None:
+        noted = {"pid": proc.pid, "port": port}
+    if noted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(noted | {"ui_pid": os.getpid()}))
 
 
-def _listener_pid(port: int) -> int | None:
+def _signal(pid: int | None, sig: int, group: bool = False) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(os.getpgid(pid), sig) if group else os.kill(pid, sig)
+
+
+def _alive(pid: int | None) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
     import psutil
 
-    with contextlib.suppress(psutil.Error):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                return conn.pid
-    return None
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def stop_kept_server(port: int = DEFAULT_PORT, timeout: float = 10.0) -> str:
-    """Stop the server `adaptflow ui` left running; returns what happened, in words."""
+    """Stop the server an earlier `adaptflow ui` started and left running (and its serving process, if
+    it still runs); returns what happened, in words. Only what the pid file names is signalled."""
     path = _pidfile(port)
-    pid = json.loads(path.read_text())["pid"] if path.exists() else _listener_pid(port)
-    if pid is None:
-        path.unlink(missing_ok=True)
-        return f"no Prefect server is running on port {port}" if not healthy(port) else (
-            f"a Prefect server answers on port {port} but was not started by adaptflow (or runs as another user); "
-            "stop it where it was started")
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(os.getpgid(pid), signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while healthy(port) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if not path.exists():
+        if healthy(port):
+            return (f"the Prefect server on port {port} was not started by `adaptflow ui` here (no {path}); "
+                    "stop it where it was started")
+        return f"no Prefect server is running on port {port}"
+    noted = json.loads(path.read_text())
+    server, ui = noted.get("pid"), noted.get("ui_pid")
+    if ui != os.getpid():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):  # SIGINT: as Ctrl-C in its terminal
+            if not _alive(ui):
+                break
+            _signal(ui, sig)
+            _wait(lambda: _alive(ui), timeout)
+    _signal(server, signal.SIGTERM, group=True)  # the server runs in its own session: its whole group
+    _wait(lambda: healthy(port), timeout)
     if healthy(port):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        _signal(server, signal.SIGKILL, group=True)
     path.unlink(missing_ok=True)
-    return f"stopped the Prefect server on port {port} (pid {pid})"
+    return f"stopped the Prefect server on port {port} (pid {server})"

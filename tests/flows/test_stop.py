@@ -63,6 +63,22 @@ def test_one_signal_stops_the_run_marks_it_crashed_and_leaves_no_process(isolate
     assert len(states) == 2 and set(states.values()) == {"CRASHED"}, states  # adapt and its behavior subflow
 
 
+def _start_ui(tmp_path, env, port, name):
+    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed by the caller's communicate()
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_serving(tmp_path, proc, port, name):
+    from flows.server import api_url
+
+    deadline = time.monotonic() + 180
+    while "Your deployments are being served" not in (tmp_path / f"{name}.log").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert api_url(port)
+
+
 def test_ui_says_it_leaves_the_server_running_and_ui_stop_stops_it(tmp_path):
     from flows.server import free_port, healthy
 
@@ -70,25 +86,28 @@ def test_ui_says_it_leaves_the_server_running_and_ui_stop_stops_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "ADAPTFLOW_HOME": str(tmp_path / "home"),
             "ADAPTFLOW_REGISTRY": str(tmp_path / "registry"), "PYTHONUNBUFFERED": "1"}
-    ui = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    first = _start_ui(tmp_path, env, port, "first")
+    second = None
     try:
-        deadline = time.monotonic() + 180
-        while not healthy(port):
-            assert ui.poll() is None and time.monotonic() < deadline, ui.communicate()[0][-3000:]
-            time.sleep(0.5)
-        time.sleep(3)  # let it start serving the deployments
-        os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C in its terminal
-        out, _ = ui.communicate(timeout=60)
+        _wait_serving(tmp_path, first, port, "first")
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        first.wait(timeout=60)
+        out = (tmp_path / "first.log").read_text()
+        assert "stays up after Ctrl-C" in out and "still running" in out and "`adaptflow ui --stop`" in out, out[-3000:]
+        assert healthy(port), "the server should outlive `adaptflow ui`, as it said"
+
+        second = _start_ui(tmp_path, env, port, "second")  # reuses the running server
+        _wait_serving(tmp_path, second, port, "second")
+        assert "already running" in (tmp_path / "second.log").read_text()
+        stop = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--stop", "--port", str(port)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0 and f"stopped the Prefect server on port {port}" in stop.stdout, stop.stdout + stop.stderr
+        assert second.wait(timeout=30) is not None  # the serving process stopped too
+        assert not healthy(port)
     finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)
-    assert "stays up after Ctrl-C" in out and "`adaptflow ui --stop` stops it" in out, out[-3000:]
-    assert healthy(port), "the server should outlive `adaptflow ui`, as it said"
-    stop = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--stop", "--port", str(port)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert stop.returncode == 0 and f"stopped the Prefect server on port {port}" in stop.stdout, stop.stdout + stop.stderr
-    assert not healthy(port)
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     again = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--stop", "--port", str(port)], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=60)
     assert f"no Prefect server is running on port {port}" in again.stdout
