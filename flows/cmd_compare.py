@@ -52,11 +52,15 @@ def compare(
 
             console.after_prefect_import()
             out = compare_flow(str(spec), wanted, str(workspace) if workspace else None, select, parallel)
-    except KeyboardInterrupt:
-        typer.echo("stopped (Ctrl-C): finished variants are kept; run the same command again to continue", err=True)
-        raise typer.Exit(console.EXIT_INTERRUPTED) from None
-    except Exception as exc:  # noqa: BLE001 - one error line; the traceback goes to the log file
-        raise typer.Exit(console.report_error(exc)) from None
+    except (typer.Exit, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM and errors each end in one line
+        if not console.is_interrupt(exc):
+            raise typer.Exit(console.report_error(exc)) from None
+        sigterm = console.is_sigterm(exc)
+        typer.echo(f"\nstopped ({'SIGTERM' if sigterm else 'Ctrl-C'}): finished variants are kept; "
+                   "run the same command again to continue", err=True)
+        raise typer.Exit(console.EXIT_TERMINATED if sigterm else console.EXIT_INTERRUPTED) from None
     typer.echo(Path(out["markdown"]).read_text())
     typer.echo(f"report: {out['report']}\nchart: {out['chart']}\ncomparison: {out['comparison']}")
     typer.echo(f"selected: {out['selected'] or 'none'} ({out['selection']['reason']})")

@@ -39,12 +39,8 @@ def run(
     except (typer.Exit, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM and errors each end in one line
-        code = _stopped(exc, spec, started) if _is_interrupt(exc) else console.report_error(exc)
+        code = _stopped(exc, spec, started) if console.is_interrupt(exc) else console.report_error(exc)
     raise typer.Exit(code)
-
-
-def _is_interrupt(exc: BaseException) -> bool:
-    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
 
 
 def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) -> int:
@@ -127,7 +123,7 @@ def _saved_checkpoint(started: float) -> str | None:
 
 def _stopped(exc: BaseException, spec_file: Path, started: float) -> int:
     """One line: what was kept and how to go on; the run is marked Crashed by then (server still up)."""
-    sigterm = isinstance(exc, console.Terminated) or type(exc).__name__ == "TerminationSignal"
+    sigterm = console.is_sigterm(exc)
     step = _saved_checkpoint(started)
     kept = f"training checkpoint {step} and finished stages are kept" if step else "finished stages are kept"
     typer.echo(f"\nstopped ({'SIGTERM' if sigterm else 'Ctrl-C'}): {kept}; "

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -72,7 +73,11 @@ def _log_path(command: str) -> Path:
     from components.models import adaptflow_home
 
     folder = adaptflow_home() / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only $ADAPTFLOW_HOME must not hide the error the command is about to report
+        folder = Path(tempfile.gettempdir()) / "adaptflow-logs"
+        folder.mkdir(parents=True, exist_ok=True)
     for old in sorted(folder.glob("*.log"), key=_mtime)[:-KEEP_LOGS]:
         old.unlink(missing_ok=True)
     return folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -142,6 +147,15 @@ def install_sigterm() -> None:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, or SIGTERM (ours outside a flow run, Prefect's TerminationSignal inside one)."""
+    return isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal"
+
+
+def is_sigterm(exc: BaseException) -> bool:
+    return isinstance(exc, Terminated) or type(exc).__name__ == "TerminationSignal"
 
 
 def _write_traceback(exc: BaseException) -> Path | None:
