@@ -549,6 +549,29 @@ class CompareSpec(Strict):
         return self
 
 
+COMPOSE_HOWS = ("linear", "ties", "dare_ties", "cat")
+
+
+class ComposeSpec(Strict):
+    """`adaptflow compose`: a new system from registered LoRA systems on one base (docs/compose.md)."""
+
+    sources: list[str] = Field(min_length=2, max_length=8, description="registry refs, e.g. [support-triage@v1, lore@v2]")
+    how: Literal[COMPOSE_HOWS] = Field("linear", description="peft add_weighted_adapter combination type")  # type: ignore[valid-type]
+    weights: list[float] | None = Field(None, description="one per source; default 1/len(sources) each")
+    density: float = Field(0.5, gt=0.0, le=1.0, description="ties / dare_ties: the fraction of each update kept")
+
+    @model_validator(mode="after")
+    def _one_weight_per_source(self) -> ComposeSpec:
+        if self.weights is not None and len(self.weights) != len(self.sources):
+            raise ValueError(f"compose.weights has {len(self.weights)} values for {len(self.sources)} sources; "
+                             "give one weight per source, in the same order")
+        return self
+
+    @property
+    def resolved_weights(self) -> list[float]:
+        return self.weights if self.weights is not None else [1.0 / len(self.sources)] * len(self.sources)
+
+
 # --- the task --------------------------------------------------------------------------------
 
 
@@ -560,6 +583,7 @@ class TaskSpec(Strict):
     knowledge: KnowledgeSpec | None = None
     evaluation: EvaluationSpec | None = None
     compare: CompareSpec | None = None
+    compose: ComposeSpec | None = None
 
     @model_validator(mode="after")
     def _sections_match_goal(self) -> TaskSpec:
@@ -570,7 +594,7 @@ class TaskSpec(Strict):
                     f"goal is '{self.goal}' but the `{section}:` section is missing; "
                     f"add it or set goal to '{'knowledge' if section == 'behavior' else 'behavior'}'"
                 )
-        if self.goal == "auto" and self.behavior is None and self.knowledge is None:
+        if self.goal == "auto" and self.behavior is None and self.knowledge is None and self.compose is None:
             raise ValueError("goal is 'auto' but neither `behavior:` nor `knowledge:` is declared; add one of them")
         self._check_quantization()
         if self.compare is not None and self.behavior is None:

@@ -127,6 +127,7 @@ def loaded_name(ref: str) -> str:
 def all_deployments() -> list:
     # Module-path entrypoints: the runner re-imports flows.deployments from the installed package,
     # whatever folder `adaptflow ui` was started in.
+    from flows.cmd_compose import compose_flow
     from flows.cmd_inspect import inspect_flow
     from flows.compare import deployment as compare_deployment  # it imports this module: import it late
 
@@ -138,4 +139,6 @@ def all_deployments() -> list:
         query_registered.to_deployment(name="query", description="Ask a registered system a question", **module),
         compare_deployment(),
         inspect_flow.to_deployment(name="inspect", description="Where a registered adapter's change lives", **module),
+        compose_flow.to_deployment(name="compose", description="Compose registered LoRA systems (a spec's compose:)",
+                                   **module),
     ]
