@@ -52,7 +52,7 @@ def test_there_are_example_specs_for_each_goal(monkeypatch):
 def test_unknown_top_level_key_names_line_and_suggestion(ws):
     assert errors_of(ws, "name: t\ngaol: behavior\nbehavior:\n  data: {train: data/train.jsonl}\n") == [
         "s.yaml line 2: gaol: unknown key 'gaol'; did you mean 'goal'? "
-        "(allowed: base_model, behavior, compare, evaluation, goal, knowledge, name)"
+        "(allowed: base_model, behavior, compare, compose, evaluation, goal, knowledge, name)"
     ]
 
 
