@@ -1,5 +1,12 @@
 """Evaluate a system against its parts: {base, base+adapter} x {no retrieval, retrieval}.
 
+Where the evaluation rows carry `doc_ids`, each retrieval arm also gets its ceiling: the same
+model and prompt with the gold documents as context instead of the retrieved chunks (the
+`gold-context` arms). The gap splits into a retrieval loss (gold context minus retrieved) and a
+reading loss (a perfect answer minus gold context), in contains-answer points. Rows whose answer
+is the abstain phrase are unanswerable: they are scored by `abstain`, not by the answer metrics.
+A knowledge spec with a reader adds `reader+retrieval` beside `base+retrieval` (components.reader).
+
 Also forgetting (relative perplexity change on a general-text sample we ship) and efficiency
 (training record + p50/p95 query latency split into retrieval and generation). Greedy decoding.
 Writes eval/report.json, report.md and loss.png.
@@ -17,13 +24,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from components.metrics import aggregate, contains_answer, exact_match, label_accuracy, percentile, token_f1
+from components.metrics import (
+    abstained,
+    aggregate,
+    contains_answer,
+    exact_match,
+    is_abstention,
+    label_accuracy,
+    percentile,
+    token_f1,
+)
 from components.prompting import with_context
 from components.spec import TaskSpec
 
 GENERAL_TEXT = "general.txt"
 ANSWER_METRICS = ("accuracy", "exact_match", "answer_f1", "contains_answer")
-METRIC_ORDER = (*ANSWER_METRICS, "hit_at_k", "mrr")
+LOSS_METRIC = "contains_answer"  # what the retrieval and reading losses are measured in
+METRIC_ORDER = (*ANSWER_METRICS, "abstain", "hit_at_k", "mrr", "retrieval_loss", "reading_loss")
+GOLD = "gold-context"
+ADAPTER_MODELS = ("adapter", "reader")
 
 
 class EvalDataError(ValueError):
@@ -41,6 +60,10 @@ class EvalItem:
     @property
     def golds(self) -> list[str]:
         return [self.answer, *self.alternatives]
+
+    @property
+    def unanswerable(self) -> bool:
+        return is_abstention(self.answer)
 
 
 def _answers(value: object, where: str) -> list[str]:
@@ -97,12 +120,15 @@ def load_eval_items(spec: TaskSpec) -> list[EvalItem]:
 
 def label_set(items: list[EvalItem]) -> set[str] | None:
     """Gold answers form a label set when they are few, short and repeated (classification-style)."""
-    labels = {i.answer.strip().lower() for i in items}
+    labels = {i.answer.strip().lower() for i in items if not i.unanswerable}
+    if not labels:
+        return None
     short = all(len(a.split()) <= 3 for a in labels)
     return labels if short and len(labels) <= 20 and len(labels) <= len(items) / 2 else None
 
 
-def arms_for(route_behavior: bool, route_knowledge: bool) -> list[str]:
+def arms_for(route_behavior: bool, route_knowledge: bool, reader: bool = False) -> list[str]:
+    """The arms to score; `evaluate` adds the gold-context arms where rows carry doc_ids."""
     arms = ["base"]
     if route_behavior:
         arms.append("adapter")
@@ -110,33 +136,131 @@ def arms_for(route_behavior: bool, route_knowledge: bool) -> list[str]:
         arms.append("base+retrieval")
     if route_behavior and route_knowledge:
         arms.append("adapter+retrieval")
+    if reader and route_knowledge and not route_behavior:
+        arms.append("reader+retrieval")
     return arms
 
 
+def arm_parts(arm: str) -> tuple[bool, str]:
+    """'reader+retrieval' -> (uses the adapter, 'retrieval'); context is 'none', 'retrieval' or 'gold'."""
+    if arm == GOLD:
+        return False, "gold"
+    model, _, context = arm.partition("+")
+    return model in ADAPTER_MODELS, {"": "none", "retrieval": "retrieval", GOLD: "gold"}[context]
+
+
+def ceiling_of(arm: str) -> str:
+    """The gold-context arm of a retrieval arm: same model, gold documents instead of retrieved chunks."""
+    model = arm.partition("+")[0]
+    return GOLD if model == "base" else f"{model}+{GOLD}"
+
+
+def gold_arms(arms: list[str]) -> list[str]:
+    return [ceiling_of(a) for a in arms if arm_parts(a)[1] == "retrieval"]
+
+
+def document_texts(retriever) -> dict[str, tuple[str, str]]:
+    """doc_id -> (title, text) rebuilt from the index's chunks (in order, overlaps removed)."""
+    by_doc: dict[str, list[dict]] = {}
+    for row in retriever.rows.values():
+        by_doc.setdefault(row["doc_id"], []).append(row)
+    out = {}
+    for doc_id, rows in by_doc.items():
+        text, covered = "", 0
+        for row in sorted(rows, key=lambda r: r["start"]):
+            if row["end"] <= covered:
+                continue
+            piece = row["text"][max(0, covered - row["start"]):]
+            text += (" " if text and row["start"] > covered else "") + piece
+            covered = row["end"]
+        out[doc_id] = (rows[0]["title"], text)
+    return out
+
+
+def gold_contexts(items: list[EvalItem], retriever) -> list[list[tuple[str, str]]]:
+    """Each item's gold documents as context chunks (empty for rows without doc_ids)."""
+    from vectorstore.metrics import resolve_gold_ids
+
+    docs = document_texts(retriever)
+    corpus = sorted(docs)
+    return [[docs[d] for d in resolve_gold_ids(i.doc_ids, corpus)[0]] for i in items]
+
+
+def evaluation_half(items: list[EvalItem], retriever) -> tuple[list[EvalItem], int]:
+    """The items left when the index tuned its settings on a held-out half (vectorstore.tune): that half
+    is left out here, so the choice never meets the questions it is judged on. Returns (items, left out)."""
+    tuning = retriever.info.get("tuning") if retriever is not None else None
+    if not tuning:
+        return items, 0
+    from vectorstore.tune import question_key
+
+    held = set(tuning["held_out"])
+    kept = [i for i in items if question_key(i.query) not in held]
+    return kept, len(items) - len(kept)
+
+
+def _score_row(item: EvalItem, pred: str, labels: set[str] | None) -> dict:
+    row = {"prediction": pred, "answer": item.answer}
+    if item.unanswerable:
+        return row | {"abstain": abstained(pred)}
+    golds = item.golds
+    row |= {"exact_match": exact_match(pred, golds), "answer_f1": token_f1(pred, golds),
+            "contains_answer": contains_answer(pred, golds)}
+    if labels is not None:
+        row["accuracy"] = label_accuracy(pred, item.answer, labels)
+    return row
+
+
 def score_arm(system, items: list[EvalItem], arm: str, labels: set[str] | None,
-              on_batch: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:
-    use_adapter, use_retrieval = arm.startswith("adapter"), arm.endswith("+retrieval")
-    hits = [system.retrieve(i.query) for i in items] if use_retrieval else [[] for _ in items]
-    prompts = [with_context(i.messages, [(h.title, h.text) for h in hs]) for i, hs in zip(items, hits, strict=True)]
+              on_batch: Callable[[int, int], None] | None = None,
+              gold: list[list[tuple[str, str]]] | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and rows of one arm. A gold-context arm scores only the rows with gold documents (`gold`)."""
+    use_adapter, context = arm_parts(arm)
+    if context == "gold":
+        keep = [n for n, chunks in enumerate(gold or []) if chunks]
+        items, contexts, hits = [items[n] for n in keep], [gold[n] for n in keep], [[] for _ in keep]
+    else:
+        hits = [system.retrieve(i.query) for i in items] if context == "retrieval" else [[] for _ in items]
+        contexts = [[(h.title, h.text) for h in hs] for hs in hits]
+    prompts = [with_context(i.messages, c) for i, c in zip(items, contexts, strict=True)]
     preds = system.generate(prompts, use_adapter=use_adapter, on_batch=on_batch)
     rows = []
     for item, pred, hs in zip(items, preds, hits, strict=True):
-        golds = item.golds
-        row = {"prediction": pred, "answer": item.answer, "exact_match": exact_match(pred, golds),
-               "answer_f1": token_f1(pred, golds), "contains_answer": contains_answer(pred, golds)}
-        if labels is not None:
-            row["accuracy"] = label_accuracy(pred, item.answer, labels)
-        if use_retrieval:
+        row = _score_row(item, pred, labels)
+        if context == "retrieval":
             row["retrieved"] = [h.doc_id for h in hs]
+        if item.doc_ids:
+            row["has_gold"] = True
         rows.append(row)
-    metrics = aggregate([{k: float(r[k]) for k in ANSWER_METRICS if k in r} for r in rows])
-    if use_retrieval and any(i.doc_ids for i in items):
+    metrics = aggregate([{k: float(r[k]) for k in (*ANSWER_METRICS, "abstain") if k in r} for r in rows])
+    if context == "retrieval" and any(i.doc_ids for i in items):
         from vectorstore import retrieval_metrics
 
-        gold = [(i.doc_ids, [h.doc_id for h in hs]) for i, hs in zip(items, hits, strict=True) if i.doc_ids]
-        rm = retrieval_metrics([g[1] for g in gold], [g[0] for g in gold], k=system.top_k)
+        golds = [(i.doc_ids, [h.doc_id for h in hs]) for i, hs in zip(items, hits, strict=True) if i.doc_ids]
+        rm = retrieval_metrics([g[1] for g in golds], [g[0] for g in golds], k=system.top_k)
         metrics |= {"hit_at_k": rm["hit_at_k"], "mrr": rm["mrr"]}
     return metrics, rows
+
+
+def add_losses(report: dict, rows: dict[str, list[dict]]) -> None:
+    """Per retrieval arm: retrieval_loss = gold-context - retrieved, reading_loss = 1 - gold-context,
+    both in LOSS_METRIC over the rows that have gold documents; the gold arm carries its reading loss."""
+    def on_gold(arm: str) -> float | None:
+        values = [r[LOSS_METRIC] for r in rows[arm] if r.get("has_gold") and LOSS_METRIC in r]
+        return sum(values) / len(values) if values else None
+
+    ceiling = {}
+    for arm in [a for a in report["arms"] if arm_parts(a)[1] == "retrieval"]:
+        top, got = on_gold(ceiling_of(arm)), on_gold(arm)
+        if top is None or got is None:
+            continue
+        losses = {"retrieval_loss": round(top - got, 4), "reading_loss": round(1 - top, 4)}
+        report["arms"][arm] |= losses
+        report["arms"][ceiling_of(arm)] |= {"retrieval_loss": 0.0, "reading_loss": losses["reading_loss"]}
+        ceiling[arm] = {"arm": ceiling_of(arm), "ceiling": round(top, 4), "score": round(got, 4), **losses}
+    if ceiling:
+        report["ceiling"] = {"metric": LOSS_METRIC, "rows": sum(bool(r.get("has_gold")) for r in next(iter(rows.values()))),
+                             "arms": ceiling}
 
 
 def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
@@ -175,39 +299,61 @@ def query_latency(system, items: list[EvalItem], use_adapter: bool, use_retrieva
     return out
 
 
-def main_arm(arms: list[str]) -> str:
-    return arms[-1]
+def main_arm(arms: list[str], scores: dict[str, dict] | None = None, reader_decides: bool = False) -> str:
+    """The arm the system ships as: the last non-gold arm. With `reader_decides` (knowledge.reader: auto)
+    reader+retrieval ships only when it helps: more contains-answer plus abstain than base+retrieval."""
+    candidates = [a for a in arms if arm_parts(a)[1] != "gold"]
+    main = candidates[-1]
+    if reader_decides and main.startswith("reader") and scores is not None:
+        def merit(arm: str) -> float:
+            return scores[arm].get(LOSS_METRIC, 0.0) + scores[arm].get("abstain", 0.0)
+
+        return main if merit(main) > merit("base+retrieval") else "base+retrieval"
+    return main
 
 
 def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_record: dict | None = None,
-             progress: Callable[[int, int], None] | None = None) -> dict:
-    """Run every arm, forgetting and latency; write report.json, report.md, loss.png; return the report.
+             progress: Callable[[int, int], None] | None = None, reader_decides: bool = False) -> dict:
+    """Run every arm (plus the gold-context ceilings), forgetting and latency; write report.json, report.md,
+    loss.png; return the report.
 
     Progress shows on the terminal (one bar per arm) and goes to `progress(done, total)` over all arms.
     """
-    items = load_eval_items(spec)
+    items, held_out = evaluation_half(load_eval_items(spec), system.retriever)
     labels = label_set(items)
     t0 = time.perf_counter()
-    report: dict = {"arms": {}, "items": len(items), "label_set": sorted(labels) if labels else None}
-    samples = {}
-    total = len(items) * len(arms)
-    for n, arm in enumerate(arms):
-        with tqdm(total=len(items), desc=f"evaluate {arm}", unit="item", dynamic_ncols=True) as bar:
-            def on_batch(done: int, _total: int, n: int = n, bar=bar) -> None:
+    gold = None
+    if system.retriever is not None and any(i.doc_ids for i in items):
+        gold = gold_contexts(items, system.retriever)
+        arms = [*arms, *gold_arms(arms)]
+    report: dict = {"arms": {}, "items": len(items), "label_set": sorted(labels) if labels else None,
+                    "unanswerable": sum(i.unanswerable for i in items)}
+    if held_out:
+        tuning = system.retriever.info["tuning"]
+        report["held_out_for_tuning"] = held_out
+        report["retrieval_tuning"] = {k: tuning[k] for k in ("tuned", "questions", "rule", "chosen", "grid")}
+    samples, rows_of = {}, {}
+    sizes = [sum(bool(g) for g in gold) if arm_parts(a)[1] == "gold" else len(items) for a in arms]
+    total, before = sum(sizes), 0
+    for arm, size in zip(arms, sizes, strict=True):
+        with tqdm(total=size, desc=f"evaluate {arm}", unit="item", dynamic_ncols=True) as bar:
+            def on_batch(done: int, _total: int, before: int = before, bar=bar) -> None:
                 bar.update(done - bar.n)
                 if progress is not None:
-                    progress(n * len(items) + done, total)
+                    progress(before + done, total)
 
-            report["arms"][arm], rows = score_arm(system, items, arm, labels, on_batch)
+            report["arms"][arm], rows_of[arm] = score_arm(system, items, arm, labels, on_batch, gold)
             bar.set_postfix({k: round(v, 3) for k, v in report["arms"][arm].items()})
-        samples[arm] = rows[:5]
-    main = main_arm(arms)
+        before += size
+        samples[arm] = rows_of[arm][:5]
+    add_losses(report, rows_of)
+    main = main_arm(arms, report["arms"], reader_decides)
     report["main_arm"] = main
-    if "adapter" in arms:
+    if any(a.startswith(ADAPTER_MODELS) for a in arms):
         report["forgetting"] = forgetting(system, _forgetting_text(spec))
     report["efficiency"] = _efficiency(train_record)
     report["timings"] = _timings(train_record) | query_latency(
-        system, items, main.startswith("adapter"), main.endswith("+retrieval")
+        system, items, arm_parts(main)[0], arm_parts(main)[1] == "retrieval"
     )
     report["timings"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     report["metrics"] = gate_metrics(report)
@@ -262,16 +408,20 @@ def render_markdown(report: dict, name: str) -> str:
     arms = report["arms"]
     present = {k for m in arms.values() for k in m}
     keys = [k for k in METRIC_ORDER if k in present]
-    lines = [f"# Evaluation of {name}", "", f"{report['items']} items, greedy decoding.", ""]
+    unanswerable = f" ({report['unanswerable']} unanswerable, scored by abstain)" if report.get("unanswerable") else ""
+    tuned = report.get("held_out_for_tuning")
+    tuned = f"; {tuned} more questions tuned the index's chunking / top_k and are left out" if tuned else ""
+    lines = [f"# Evaluation of {name}", "", f"{report['items']} items{unanswerable}{tuned}, greedy decoding.", ""]
     lines += ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm, m in arms.items():
         lines.append(f"| {arm} | " + " | ".join(f"{m[k]:.3f}" if k in m else "–" for k in keys) + " |")
     head = _headline(arms[report["main_arm"]])
-    ranked = sorted(arms, key=lambda a: arms[a].get(head, 0), reverse=True)
+    ranked = sorted([a for a in arms if arm_parts(a)[1] != "gold"], key=lambda a: arms[a].get(head, 0), reverse=True)
     best = ranked[0]
     margin = arms[best].get(head, 0) - (arms[ranked[1]].get(head, 0) if len(ranked) > 1 else 0)
     runner = f" by {margin:+.3f} over {ranked[1]}" if len(ranked) > 1 else ""
     lines += ["", f"**Winner on {head}: {best}**{runner}."]
+    lines += ceiling_lines(report) + tuning_lines(report)
     if "forgetting" in report:
         f = report["forgetting"]
         lines.append(f"Forgetting: general-text perplexity {f['base_ppl']:.2f} -> {f['adapter_ppl']:.2f} ({f['forgetting']:+.1%}).")
@@ -279,6 +429,33 @@ def render_markdown(report: dict, name: str) -> str:
     if eff:
         lines += ["", "| efficiency | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in eff.items()]
     return "\n".join(lines) + "\n"
+
+
+def ceiling_lines(report: dict) -> list[str]:
+    """The gold-context ceiling of each retrieval arm and how its gap splits."""
+    ceiling = report.get("ceiling")
+    if not ceiling:
+        return []
+    lines = ["", f"Ceiling ({ceiling['metric']} on the {ceiling['rows']} rows with gold documents): the same model "
+             "and prompt given the gold documents instead of the retrieved chunks.", "",
+             "| arm | score | gold-context ceiling | retrieval loss | reading loss |", "|---|---|---|---|---|"]
+    for arm, c in ceiling["arms"].items():
+        lines.append(f"| {arm} | {c['score']:.3f} | {c['ceiling']:.3f} ({c['arm']}) | {c['retrieval_loss']:+.3f} | "
+                     f"{c['reading_loss']:.3f} |")
+    return lines
+
+
+def tuning_lines(report: dict) -> list[str]:
+    tuning = report.get("retrieval_tuning")
+    if not tuning:
+        return []
+    c = tuning["chosen"]
+    lines = ["", f"Retrieval settings measured at index time ({', '.join(tuning['tuned'])} unset in the spec) on "
+             f"{tuning['questions']} held-out questions ({tuning['rule']}): chunking {c['chunking']['size']}/"
+             f"{c['chunking']['overlap']} tokens, top_k {c['top_k']}.", "",
+             "| chunk size | overlap | k | hit@k | recall@k | MRR |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {g['size']} | {g['overlap']} | {g['k']} | {g['hit_at_k']:.3f} | {g['recall_at_k']:.3f} | "
+                    f"{g['mrr']:.3f} |" for g in tuning["grid"]]
 
 
 def plot_loss(record: dict, path: Path) -> None:

@@ -14,10 +14,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from components.gates import GateResult, evaluate_gates
+from components.prompting import ABSTAIN_PHRASE
 
 __all__ = [
-    "GateResult", "aggregate", "contains_answer", "evaluate_gates", "exact_match", "label_accuracy",
-    "normalize_answer", "percentile", "token_f1",
+    "GateResult", "abstained", "aggregate", "contains_answer", "evaluate_gates", "exact_match", "is_abstention",
+    "label_accuracy", "normalize_answer", "percentile", "token_f1",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -72,6 +73,17 @@ def contains_answer(pred: str, gold: Gold) -> float:
     Chatty models wrap correct answers in sentences; exact match would score those 0.
     """
     return max(_contains(pred, g) for g in _golds(gold))
+
+
+def is_abstention(gold: str) -> bool:
+    """An evaluation row whose answer is the abstain phrase is unanswerable from the documents."""
+    return normalize_answer(gold) == normalize_answer(ABSTAIN_PHRASE)
+
+
+def abstained(pred: str) -> float:
+    """1.0 when the prediction says the abstain phrase ("Not in the documents." counts; so does a
+    sentence around it). The `abstain` metric is its mean over the unanswerable rows."""
+    return _contains(pred, ABSTAIN_PHRASE)
 
 
 def _label_tokens(text: str) -> list[str]:

@@ -7,8 +7,14 @@ evaluation. The template has a version that the registry records.
 
 from __future__ import annotations
 
-TEMPLATE_VERSION = "context-v1"
-CONTEXT_INSTRUCTION = "Answer the question using the context. Reply with a short answer."
+TEMPLATE_VERSION = "context-v2"
+# What a reader says when the context lacks the answer. The `abstain` metric (components.metrics)
+# looks for exactly this phrase, and an evaluation row whose answer is this phrase is unanswerable.
+ABSTAIN_PHRASE = "not in the documents"
+CONTEXT_INSTRUCTION = (
+    "Answer the question using the context. Reply with a short answer. "
+    f"If the context does not contain the answer, reply: {ABSTAIN_PHRASE}."
+)
 
 
 def format_context(chunks: list[tuple[str, str]]) -> str:

@@ -452,6 +452,12 @@ class KnowledgeSpec(Strict):
     index: IndexSpec = AutoIndexSpec()
     top_k: int = Field(4, ge=1, le=100)
     hybrid: bool = Field(False, description="fuse BM25 with dense retrieval (reciprocal rank fusion)")
+    reader: str = Field(
+        "auto", pattern=r"^(none|auto|builtin|[a-z0-9][a-z0-9-]*@[A-Za-z0-9._-]+)$",
+        description="the adapter that reads retrieved context: none, builtin (a LoRA trained once per base on a "
+                    "shipped reading set), NAME@REF (a registered adapter of the same base), or auto (builtin on "
+                    "the built-in base when it scores better on the evaluation set; see docs/reading.md)",
+    )
     allow_outside_workspace: bool = Field(
         False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"
     )
@@ -489,6 +495,7 @@ class KnowledgeSpec(Strict):
 
 GATE_METRICS = {
     "answer_f1", "exact_match", "contains_answer", "accuracy", "hit_at_k", "mrr", "forgetting",
+    "abstain", "retrieval_loss", "reading_loss",
 }
 _GATE_OPS = (">=", "<=", ">", "<", "==")
 
@@ -597,6 +604,11 @@ class TaskSpec(Strict):
         if self.goal == "auto" and self.behavior is None and self.knowledge is None and self.compose is None:
             raise ValueError("goal is 'auto' but neither `behavior:` nor `knowledge:` is declared; add one of them")
         self._check_quantization()
+        if self.behavior is not None and self.knowledge is not None and self.knowledge.reader not in ("auto", "none"):
+            raise ValueError(
+                f"knowledge.reader is '{self.knowledge.reader}' but the spec trains its own adapter (`behavior:`), "
+                "and one system carries one adapter; remove knowledge.reader or the behavior section"
+            )
         if self.compare is not None and self.behavior is None:
             raise ValueError(
                 "compare is declared but the `behavior:` section is missing (compare varies behavior.adapter); "

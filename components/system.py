@@ -160,6 +160,8 @@ class System:
                  embedder=None, verify_index: bool = True):
         self.ref, self.spec = ref, spec
         self.method = spec.behavior.adapter.method if (spec.behavior and adapter_dir) else None
+        if adapter_dir is not None and spec.behavior is None:  # a knowledge spec's reader (components.reader)
+            self.method = _peft_type(Path(adapter_dir)).lower()
         self.adapter_name: str | None = None
         self.top_k = spec.knowledge.top_k if spec.knowledge else 4
         self.max_new_tokens = spec.evaluation.max_new_tokens if spec.evaluation else 48
@@ -168,6 +170,7 @@ class System:
             from vectorstore import Retriever
 
             self.retriever = Retriever.open(index_dir, embedder=embedder, verify=verify_index)
+            self.top_k = self.retriever.info["retrieval"]["top_k"]  # the spec's, or the one tuning chose at index time
         self._private_model = self._prompt_model = None
         injected = self.method is not None and self.method not in PROMPT_LEARNING | WEIGHT_METHODS | {"hybrid"}
         lane = _peft_type(Path(adapter_dir)) if injected else None

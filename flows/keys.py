@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from components.models import resolve_model
+from components.reader import reader_mode
 from components.registry import Version
 from components.route import Route, route
 from components.spec import TaskSpec
@@ -64,23 +65,49 @@ def train_key(spec: TaskSpec) -> str:
                   hashes, source_version(*TRAIN_CODE))
 
 
+def reader_key(spec: TaskSpec) -> str:
+    """The reading adapter's key: the same for every knowledge spec on one base (trained once, reused)."""
+    from components.reader import reader_behavior, reader_data, reader_mode, registered_reader
+
+    mode = reader_mode(spec)
+    if mode != "builtin":
+        version = registered_reader(spec, mode)
+        return digest("reader-ref", version.ref, version.manifest.get("files"))
+    base = resolve_model(spec.base_model, verify=False)
+    return digest("reader", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(reader_behavior()),
+                  path_digest(reader_data()), source_version(*TRAIN_CODE))
+
+
 def _package_modules(package) -> list:
     return [importlib.import_module(f"{package.__name__}.{m.name}") for m in pkgutil.iter_modules(package.__path__)]
+
+
+def tune_rows(spec: TaskSpec) -> list[tuple[str, list[str]]] | None:
+    """(question, gold doc ids) the index build tunes unset chunking / top_k on (vectorstore.tune), else None."""
+    from vectorstore import read_eval_rows
+    from vectorstore.tune import tunable
+
+    if spec.knowledge is None or not tunable(spec.knowledge) or spec.evaluation is None or spec.evaluation.data is None:
+        return None
+    return read_eval_rows(spec.evaluation.data) or None
 
 
 def index_key(spec: TaskSpec) -> str:
     import vectorstore
 
-    return digest("index", _section(spec.knowledge), vectorstore.corpus_hash(spec.knowledge),
-                  code_version(vectorstore, *_package_modules(vectorstore)))
+    section = {k: v for k, v in _section(spec.knowledge).items() if k != "reader"}  # the reader is its own stage
+    tuning = tune_rows(spec)  # unset settings are measured on these questions: they are an input then
+    return digest("index", section, vectorstore.corpus_hash(spec.knowledge),
+                  code_version(vectorstore, *_package_modules(vectorstore)),
+                  *([sorted(spec.knowledge.model_fields_set), tuning] if tuning else []))
 
 
-def eval_key(spec: TaskSpec, decision: Route, trained, indexed) -> str:
+def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> str:
     ev = spec.evaluation.model_dump(mode="json", exclude={"data", "forgetting_text", "gates", "promote_to"}) if spec.evaluation else None
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
                   hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  source_version(*EVAL_CODE))
+                  source_version(*EVAL_CODE), *([reader.key] if reader else []))
 
 
 def stage_keys(spec: TaskSpec) -> dict[str, str]:
@@ -91,8 +118,10 @@ def stage_keys(spec: TaskSpec) -> dict[str, str]:
         out["train"] = train_key(spec)
     if decision.knowledge:
         out["index"] = index_key(spec)
-    upstream = {s: SimpleNamespace(key=out[s]) if s in out else None for s in ("train", "index")}
-    out["eval"] = eval_key(spec, decision, upstream["train"], upstream["index"])
+    if decision.knowledge and reader_mode(spec):
+        out["reader"] = reader_key(spec)
+    upstream = {s: SimpleNamespace(key=out[s]) if s in out else None for s in ("train", "index", "reader")}
+    out["eval"] = eval_key(spec, decision, upstream["train"], upstream["index"], upstream["reader"])
     return out
 
 

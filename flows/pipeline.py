@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from components.reader import reader_mode
 from components.route import Route, route
 from components.spec import TaskSpec
 from components.specload import load_spec
@@ -67,6 +68,29 @@ def train_adapter(spec: TaskSpec, key: str) -> Path:
     return train_into_store(spec, key, artifacts.Progress("training", f"train-{spec.name}"))
 
 
+def reader_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
+    """The reading adapter under `key`: the builtin one trained here, or a registered one's adapter copied."""
+    from components.reader import reader_mode, registered_reader, train_reader
+
+    work = store().work("reader", key)
+    mode = reader_mode(spec)
+    if mode == "builtin":
+        record = train_reader(spec, work, progress=progress).to_dict()
+    else:
+        version = registered_reader(spec, mode)
+        shutil.rmtree(work / "adapter", ignore_errors=True)
+        shutil.copytree(version.path / "adapter", work / "adapter")
+        record = {"from": version.ref}
+        kept = work / "adapter" / "train_record.json"
+        kept.rename(work / "train_record.json") if kept.exists() else (work / "train_record.json").write_text("{}")
+    return store().commit("reader", key, {"record": record}, keep=("adapter", "train_record.json"))
+
+
+@task(name="reader", cache_policy=NONE)
+def reader_adapter(spec: TaskSpec, key: str) -> Path:
+    return reader_into_store(spec, key, artifacts.Progress("reader training", f"reader-{spec.name}"))
+
+
 @task(name="build-index", cache_policy=NONE)
 def build_knowledge_index(spec: TaskSpec, key: str) -> Path:
     from vectorstore import build_index
@@ -75,7 +99,7 @@ def build_knowledge_index(spec: TaskSpec, key: str) -> Path:
     work = store().work("index", key)
     shutil.rmtree(work / "index", ignore_errors=True)
     info = build_index(spec.knowledge, work / "index", previous=previous / "index" if previous else None,
-                       progress=artifacts.StageProgress("embedding", f"index-{spec.name}"))
+                       progress=artifacts.StageProgress("embedding", f"index-{spec.name}"), tune_rows=keys.tune_rows(spec))
     done = store().commit("index", key, {"index": info})
     store().set_pointer("index", spec.name, key)
     return done
@@ -103,27 +127,47 @@ def knowledge_flow(spec: TaskSpec) -> StageResult:
     return _run_stage("index", key, lambda: build_knowledge_index(spec, key))
 
 
+@flow(name="reader", log_prints=True)
+def reader_flow(spec: TaskSpec) -> StageResult:
+    """The knowledge spec's reading adapter: trained once per base model, then found by every spec."""
+    key = keys.reader_key(spec)
+    return _run_stage("reader", key, lambda: reader_adapter(spec, key))
+
+
 @task(name="evaluate", cache_policy=NONE)
 def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
-                  key: str) -> Path:
+                  key: str, reader: StageResult | None = None) -> Path:
     import json
 
     from components.evaluate import arms_for, evaluate
+    from components.reader import chosen_reader_decides
     from components.system import System
 
-    adapter = trained.path / "adapter" if trained else None
+    adapting = trained or reader  # a knowledge spec's reader is its adapter
+    adapter = adapting.path / "adapter" if adapting else None
     index = indexed.path / "index" if indexed else None
-    record = json.loads((trained.path / "train_record.json").read_text()) if trained else None
+    record = json.loads((adapting.path / "train_record.json").read_text()) if adapting else None
     system = System(f"{spec.name}@candidate", spec, adapter, index)
     work = store().work("eval", key)
-    report = evaluate(system, spec, arms_for(decision.behavior, decision.knowledge), work / "eval", record,
-                      progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"))
+    report = evaluate(system, spec, arms_for(decision.behavior, decision.knowledge, reader=reader is not None),
+                      work / "eval", record, progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"),
+                      reader_decides=chosen_reader_decides(spec))
     return store().commit("eval", key, {"timings": report["timings"]})
 
 
-def evaluation_flow_stage(spec, decision, trained, indexed) -> StageResult:
-    key = keys.eval_key(spec, decision, trained, indexed)
-    return _run_stage("eval", key, lambda: evaluate_arms(spec, decision, trained, indexed, key))
+def evaluation_flow_stage(spec, decision, trained, indexed, reader=None) -> StageResult:
+    key = keys.eval_key(spec, decision, trained, indexed, reader)
+    return _run_stage("eval", key, lambda: evaluate_arms(spec, decision, trained, indexed, key, reader))
+
+
+def shipped_reader(evaluated: StageResult, reader: StageResult | None) -> StageResult | None:
+    """The reader when the evaluation's main arm reads with it (auto keeps it only where it helped)."""
+    import json
+
+    if reader is None:
+        return None
+    report = json.loads((evaluated.path / "eval" / "report.json").read_text())
+    return reader if report["main_arm"].startswith("reader") else None
 
 
 # How a run went, not what it made: wall times, memory, whether it resumed. They go to the manifest's
@@ -148,7 +192,8 @@ def _machine_facts(manifest: dict) -> dict:
 
 @task(name="register", cache_policy=NONE)
 def register(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
-             evaluated: StageResult, aliases: list[str] | None = None, extra: dict | None = None):
+             evaluated: StageResult, aliases: list[str] | None = None, extra: dict | None = None,
+             reader: StageResult | None = None):
     """Publish the stages' outputs as `spec.name`; `aliases` default to latest + promote_to, `extra` joins the manifest."""
     import json
 
@@ -175,7 +220,7 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
             reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=report["metrics"], gates=gates,
         )
         manifest["volatile"] = volatile | _machine_facts(manifest)
-        manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, evaluated) if s}
+        manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, reader, evaluated) if s}
         manifest |= extra or {}
         aliases = aliases or ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
         version = Registry().publish(spec.name, staging, manifest, aliases=aliases)
@@ -194,11 +239,13 @@ def adapt(spec_path: str, workspace: str | None = None) -> str:
     try:
         trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
         indexed = _noted(progress, knowledge_flow(spec)) if decision.knowledge else None
-        evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed))
+        reader = reader_flow(spec) if decision.knowledge and reader_mode(spec) else None
+        evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed, reader))
     finally:
         artifacts.end_run_progress()
-    version, gates, report = register(spec, decision, trained, indexed, evaluated)
-    stages = [s for s in (trained, indexed, evaluated) if s]
+    version, gates, report = register(spec, decision, trained or shipped_reader(evaluated, reader), indexed,
+                                      evaluated, reader=reader)
+    stages = [s for s in (trained, indexed, reader, evaluated) if s]
     artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)
     line = result_line(version, gates)
     progress.done(line)

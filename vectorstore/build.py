@@ -120,13 +120,21 @@ def _update(
 
 def build_index(
     knowledge: KnowledgeSpec, out_dir: Path, *, embedder: Embedder | None = None, cache_dir: Path | None = None,
-    previous: Path | None = None, progress: Progress | None = None,
+    previous: Path | None = None, progress: Progress | None = None, tune_rows: list[tuple[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
-    """Write index.faiss, docstore.jsonl and index.json into out_dir (atomically); return index.json."""
+    """Write index.faiss, docstore.jsonl and index.json into out_dir (atomically); return index.json.
+
+    With `tune_rows` (question, gold doc ids), settings the spec leaves unset are chosen first by
+    measurement on a held-out half of them (vectorstore.tune); index.json records the grid and choice."""
     started = time.perf_counter()
     report = progress or _no_progress
     embedder = embedder or load_embedder(knowledge.embedder)
     embedder.probe  # noqa: B018 - computed now, so that it is not counted as build time
+    tuning = None
+    if tune_rows:
+        from vectorstore.tune import tune_retrieval
+
+        knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir)
     loaded = time.perf_counter()
     _check_chunk_size(knowledge, embedder)
     docs = knowledge_documents(knowledge)
@@ -173,6 +181,8 @@ def build_index(
         "documents": {d.doc_id: d.content_hash for d in docs},
         "versions": {"faiss": faiss.__version__},
     }
+    if tuning is not None:
+        info["tuning"] = tuning
     rows = [chunk_row(c) for c in chunks]
     report("write", 0, 1)
     info["build_seconds"] = round(time.perf_counter() - loaded, 3)  # without loading the embedder:

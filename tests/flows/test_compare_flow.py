@@ -32,7 +32,8 @@ def test_sweep_reports_registers_each_variant_then_reuses_everything(prefect_api
         assert version.name == f"tiny-both--{vid}"
         record = json.loads((version.path / "adapter" / "train_record.json").read_text())
         assert record["method"] == vid and record["trainable_params"] == row["trainable_params"] > 0
-        assert set(row["scores"]) == {"base", "adapter", "base+retrieval", "adapter+retrieval"}
+        assert set(row["scores"]) == {"base", "adapter", "base+retrieval", "adapter+retrieval", "gold-context",
+                                      "adapter+gold-context"}
     assert rows["full"]["trainable_params"] > rows["lora"]["trainable_params"]
     assert any(r["pareto_params"] for r in rows.values()) and any(r["pareto_time"] for r in rows.values())
     smallest = "lora"  # fewer trainable parameters than full; both pass the >= 0 gate

@@ -28,7 +28,9 @@ def test_both_spec_runs_end_to_end_then_reuses_everything(prefect_api, isolated,
     assert ref == "tiny-both@v1"
     version = Registry().open(ref)  # hashes verified
     report = json.loads((version.path / "eval" / "report.json").read_text())
-    assert set(report["arms"]) == {"base", "adapter", "base+retrieval", "adapter+retrieval"}
+    assert set(report["arms"]) == {"base", "adapter", "base+retrieval", "adapter+retrieval", "gold-context",
+                                   "adapter+gold-context"}  # the ceilings: rows carry doc_ids
+    assert set(report["ceiling"]["arms"]) == {"base+retrieval", "adapter+retrieval"}
     for arm in report["arms"].values():
         assert {"exact_match", "answer_f1", "contains_answer"} <= set(arm)
     assert {"hit_at_k", "mrr"} <= set(report["arms"]["adapter+retrieval"])
@@ -62,7 +64,8 @@ def test_failed_gate_registers_but_moves_no_alias(prefect_api, isolated, make_wo
     version = Registry().resolve(ref)
     assert version.manifest["gates"]["passed"] is False
     assert Registry().aliases("tiny-knowledge") == {}
-    assert set(json.loads((version.path / "eval" / "report.json").read_text())["arms"]) == {"base", "base+retrieval"}
+    assert set(json.loads((version.path / "eval" / "report.json").read_text())["arms"]) == {"base", "base+retrieval",
+                                                                                                  "gold-context"}
 
 
 def test_two_runs_from_empty_caches_register_one_version(prefect_api, isolated, make_workspace, monkeypatch):

@@ -1,9 +1,17 @@
-"""Write train.jsonl for the `both` example: answer briefly from numbered context.
+"""Write the context-reading data sets: answer briefly from numbered context, or abstain.
 
-Each example shows three short passages in Adaptflow's retrieval prompt format (one relevant,
-two distractors) and a question whose answer is a short span of the relevant passage. The
-adapter learns the behaviour (a short, exact answer taken from the context); the facts come
-from retrieval at query time. Deterministic: `python specs/data/reading/generate.py`.
+Each example shows short passages in Adaptflow's retrieval prompt format (one relevant, the others
+distractors) and a question whose answer is a short span of the relevant passage. The adapter
+learns the behaviour (a short, exact answer taken from the context); the facts come from
+retrieval at query time. None of it is about any example corpus (Veloria): it teaches reading.
+
+- `train.jsonl`: the `both` example's behavior data (specs/lore-assistant.yaml).
+- `components/resources/reader.jsonl`: the builtin reader (`knowledge.reader: builtin`), the same
+  answerable rows with two to four passages, plus abstentions: the question's passage is missing
+  (only distractors), or present but silent on what is asked (NEAR_MISSES); the answer is then
+  `ABSTAIN_PHRASE`, exactly as the prompt template asks.
+
+Deterministic: `python specs/data/reading/generate.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import json
 import random
 from pathlib import Path
 
-from components.prompting import with_context
+from components.prompting import ABSTAIN_PHRASE, with_context
 
 PASSAGES = [
     ("Copper Creek Mill", "The Copper Creek Mill opened in 1871 and ground wheat for three valleys. It closed in 1952 after a flood destroyed its wheel.",
@@ -78,6 +86,66 @@ PASSAGES = [
 ]
 
 
+# Questions each passage above does not answer, though it is about the same subject (index -> question).
+NEAR_MISSES = {
+    0: "Who owned the Copper Creek Mill?",
+    1: "Who designed Tessaly Lighthouse?",
+    2: "How much money comes with the Brenner Prize?",
+    3: "When was Harlow Bridge built?",
+    4: "How much does entry to the Orchid House cost on Fridays?",
+    5: "When did the Pellin Railway open?",
+    6: "How many singers are in the Saltmarsh Choir?",
+    7: "Which mountain range is Mount Arvel part of?",
+    8: "How deep is Kestrel Lake?",
+    9: "When was Quill & Ink founded?",
+    10: "Who organises the Varn Festival?",
+    11: "Which university employed Dr. Helen Marsh?",
+    12: "How much does a ticket on the Bluewater Ferry cost?",
+    13: "Who designed Granite Hall?",
+    14: "How tall is the Lumen Clock?",
+    15: "Which river flows through Alder Forest?",
+    16: "What is Nadia Ruiz's record time?",
+    17: "Who founded Marlow Observatory?",
+    18: "What time does Sable Bakery open?",
+    19: "How long is the Osk Canal?",
+    20: "When was Fernhill School founded?",
+    21: "How large is Windrow Farm?",
+    22: "What time does the Ivory Tower Cafe close?",
+    23: "How many people died in the storm of 1987?",
+    24: "Who founded the Rook Museum?",
+    25: "When did the old mine railway close?",
+    26: "Who runs the Elm Street Clinic?",
+    27: "When was the first Duran Cup rowed?",
+    28: "Which river does Pinecrest Dam hold back?",
+    29: "Who founded Amber Radio?",
+}
+
+
+def _example(question: str, chunks: list[tuple[str, str]], answer: str) -> dict:
+    return {"messages": with_context([{"role": "user", "content": question}], chunks)
+            + [{"role": "assistant", "content": answer}]}
+
+
+def build_reader(seed: int = 0) -> list[dict]:
+    """The builtin reader's rows: 60 answerable (2-4 passages), 20 near misses, 10 missing passages."""
+    rng = random.Random(seed)
+    others = lambda i, n: [(t, x) for t, x, _ in rng.sample([p for j, p in enumerate(PASSAGES) if j != i], n)]  # noqa: E731
+    rows = []
+    for i, (title, text, qas) in enumerate(PASSAGES):
+        for question, answer in qas:
+            chunks = [(title, text)] + others(i, rng.choice((1, 2, 3)))
+            rng.shuffle(chunks)
+            rows.append(_example(question, chunks, answer))
+    for i in rng.sample(sorted(NEAR_MISSES), 20):
+        chunks = [PASSAGES[i][:2]] + others(i, rng.choice((1, 2)))
+        rng.shuffle(chunks)
+        rows.append(_example(NEAR_MISSES[i], chunks, ABSTAIN_PHRASE))
+    for i in rng.sample(range(len(PASSAGES)), 10):
+        rows.append(_example(rng.choice(PASSAGES[i][2])[0], others(i, rng.choice((2, 3))), ABSTAIN_PHRASE))
+    rng.shuffle(rows)
+    return rows
+
+
 def build(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
@@ -94,6 +162,8 @@ def build(seed: int = 0) -> list[dict]:
 
 
 if __name__ == "__main__":
-    out = Path(__file__).with_name("train.jsonl")
-    out.write_text("".join(json.dumps(r) + "\n" for r in build()))
-    print(f"wrote {out}")
+    here = Path(__file__).resolve()
+    for out, rows in ((here.with_name("train.jsonl"), build()),
+                      (here.parents[3] / "components" / "resources" / "reader.jsonl", build_reader())):
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {out} ({len(rows)} rows)")

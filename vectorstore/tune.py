@@ -1,0 +1,82 @@
+"""Chunking and top_k chosen by measurement on the user's own questions, not by our corpus.
+
+When the evaluation rows name gold documents and the spec leaves `chunking` or `top_k` unset,
+the index build tries a small grid (chunk sizes x k) and keeps the best by retrieval metrics
+only (no generation: seconds, not minutes). It measures on a held-out half of the questions,
+chosen by a hash of the question text (stable when rows are added or reordered); the other half
+is the evaluation's, which never sees this choice (components.evaluate drops the held-out half).
+
+Choice: the highest recall@k; among settings within RECALL_SLACK of it, the one that puts the
+fewest tokens into the prompt (size x k), since a small model reads a short context better;
+then the higher MRR. Explicit values in the spec are kept as given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.spec import ChunkingSpec, KnowledgeSpec
+
+SIZES = (100, 200, 400)  # embedder tokens; overlap is a fifth of the size
+TOP_KS = (2, 3, 4)
+RECALL_SLACK = 0.02
+
+
+def question_key(question: str) -> str:
+    return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
+
+
+def is_held_out(question: str) -> bool:
+    """True for the half of the questions that tuning measures on (and evaluation leaves out)."""
+    return int(question_key(question), 16) % 2 == 0
+
+
+def tunable(knowledge: KnowledgeSpec) -> list[str]:
+    """The retrieval settings the spec leaves to measurement: 'chunking', 'top_k' (unset keys)."""
+    return [k for k in ("chunking", "top_k") if k not in knowledge.model_fields_set]
+
+
+def _choose(results: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(r["recall_at_k"] for r in results)
+    close = [r for r in results if r["recall_at_k"] >= best - RECALL_SLACK]
+    return min(close, key=lambda r: (r["size"] * r["k"], -r["mrr"], r["size"], r["k"]))
+
+
+def tune_retrieval(knowledge: KnowledgeSpec, rows: list[tuple[str, list[str]]], embedder,
+                   cache_dir: Path | None = None) -> tuple[KnowledgeSpec, dict[str, Any] | None]:
+    """(the knowledge spec with the chosen settings, the record of the grid) — or (knowledge, None) when
+    nothing is left to tune or no question has gold documents."""
+    from vectorstore.build import build_index
+    from vectorstore.metrics import evaluate_retrieval
+    from vectorstore.retriever import Retriever
+
+    free = tunable(knowledge)
+    held = [(q, gold) for q, gold in rows if is_held_out(q)]
+    if not free or not held:
+        return knowledge, None
+    sizes = [s for s in SIZES if s <= embedder.max_tokens] if "chunking" in free else [knowledge.chunking.size]
+    chunkings = [ChunkingSpec(size=s, overlap=s // 5) for s in sizes] if "chunking" in free else [knowledge.chunking]
+    ks = list(TOP_KS) if "top_k" in free else [knowledge.top_k]
+    results = []
+    for chunking in chunkings:
+        trial = knowledge.model_copy(update={"chunking": chunking, "top_k": max(ks)})
+        with tempfile.TemporaryDirectory(prefix="adaptflow-tune-") as tmp:
+            build_index(trial, Path(tmp) / "index", embedder=embedder, cache_dir=cache_dir)
+            retriever = Retriever.open(Path(tmp) / "index", embedder=embedder)
+            for k in ks:
+                m = evaluate_retrieval(retriever, held, k)
+                results.append({"size": chunking.size, "overlap": chunking.overlap, "k": k,
+                                "hit_at_k": m["hit_at_k"], "recall_at_k": m["recall_at_k"], "mrr": m["mrr"]})
+    chosen = _choose(results)
+    tuned = knowledge.model_copy(update={
+        "chunking": ChunkingSpec(size=chosen["size"], overlap=chosen["overlap"]), "top_k": chosen["k"]})
+    record = {
+        "tuned": free, "questions": len(held), "rule": f"max recall@k, then fewest prompt tokens within {RECALL_SLACK}",
+        "held_out": sorted(question_key(q) for q, _ in held),
+        "skipped_sizes": [s for s in SIZES if s > embedder.max_tokens] if "chunking" in free else [],
+        "grid": results, "chosen": {"chunking": {"size": chosen["size"], "overlap": chosen["overlap"]}, "top_k": chosen["k"]},
+    }
+    return tuned, record
