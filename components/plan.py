@@ -114,6 +114,9 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None =
         "route": decision.to_dict(),
         "notes": [],
     }
+    if spec.goal == "auto" and spec.evaluation is not None:  # flows/keys.py wants_probe
+        plan["notes"].append("goal auto with an evaluation set: `run` measures the route first (a probe of the base "
+                             "model on up to 16 evaluation items; docs/routing.md); the route above is the declared one")
     ev = spec.evaluation
     plan["promotion"] = promotion_rule(ev.gates if ev else {}, ev.promote_to if ev else "production")
     if spec.behavior is None:

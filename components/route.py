@@ -15,7 +15,8 @@ class Route:
 
     @property
     def label(self) -> str:
-        return {(True, True): "both", (True, False): "behavior", (False, True): "knowledge"}[(self.behavior, self.knowledge)]
+        return {(True, True): "both", (True, False): "behavior", (False, True): "knowledge",
+                (False, False): "neither"}[(self.behavior, self.knowledge)]
 
     def to_dict(self) -> dict:
         return asdict(self) | {"label": self.label}

@@ -110,9 +110,39 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> 
                   source_version(*EVAL_CODE), *([reader.key] if reader else []))
 
 
+PROBE_CODE = ("components.probe", *EVAL_CODE)
+
+
+def wants_probe(spec: TaskSpec) -> bool:
+    """`goal: auto` with an evaluation set: the route is measured (components.probe), not read off the spec."""
+    return spec.goal == "auto" and spec.evaluation is not None
+
+
+def probe_key(spec: TaskSpec) -> str:
+    from components.probe import PROBE_ITEMS
+
+    base = resolve_model(spec.base_model, verify=False)
+    hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
+    return digest("probe", spec.base_model.model_dump(mode="json"), base.weights_hash, hashes,
+                  index_key(spec) if spec.knowledge else None, spec.knowledge.top_k if spec.knowledge else None,
+                  spec.evaluation.max_new_tokens, PROBE_ITEMS, source_version(*PROBE_CODE))
+
+
+def cached_route(spec: TaskSpec) -> Route:
+    """The route `adapt` takes: the measured one when its probe is in the store, else the declared one."""
+    if wants_probe(spec) and (found := store().done("probe", probe_key(spec))):
+        import json
+
+        from components.probe import Evidence, decide
+
+        data = json.loads((found / "probe.json").read_text())
+        return decide(spec, Evidence(data["items"], data["strict_metric"], data["arms"]))
+    return route(spec)
+
+
 def stage_keys(spec: TaskSpec) -> dict[str, str]:
     """Every stage's key for this spec, as `adapt` computes them, without running anything."""
-    decision = route(spec)
+    decision = cached_route(spec)
     out: dict[str, str] = {}
     if decision.behavior:
         out["train"] = train_key(spec)

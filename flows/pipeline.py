@@ -49,6 +49,40 @@ def decide_route(spec: TaskSpec) -> Route:
     return decision
 
 
+@task(name="probe-route", cache_policy=NONE)
+def probe_route(spec: TaskSpec, indexed: StageResult | None, key: str) -> Path:
+    """The base model on a sample of the evaluation set, without context, with retrieval and with gold context."""
+    import json
+
+    from components.evaluate import load_eval_items
+    from components.probe import measure, sample
+    from components.system import System
+
+    system = System(f"{spec.name}@probe", spec, None, indexed.path / "index" if indexed else None)
+    evidence = measure(system, spec, sample(load_eval_items(spec)))
+    work = store().work("probe", key)
+    (work / "probe.json").write_text(json.dumps(evidence.to_dict(), indent=2, sort_keys=True) + "\n")
+    return store().commit("probe", key, {"probe": evidence.to_dict()})
+
+
+def measured_route(spec: TaskSpec) -> tuple[Route, StageResult | None, dict | None]:
+    """`goal: auto` with an evaluation set: build the index first (it is what retrieval is probed with), probe
+    (cached like every stage), decide. Otherwise the declared route. Returns (route, index stage, evidence)."""
+    import json
+
+    from components.probe import Evidence, decide
+
+    if not keys.wants_probe(spec):
+        return decide_route(spec), None, None
+    indexed = knowledge_flow(spec) if spec.knowledge else None
+    key = keys.probe_key(spec)
+    probed = _run_stage("probe", key, lambda: probe_route(spec, indexed, key))
+    data = json.loads((probed.path / "probe.json").read_text())
+    decision = decide(spec, Evidence(data["items"], data["strict_metric"], data["arms"]))
+    print(f"route: {decision.label} (measured{', cached' if probed.cached else ''}) — " + "; ".join(decision.reasons))
+    return decision, indexed, data
+
+
 def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
     """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process)."""
     from components.models import load_model, load_tokenizer, resolve_model
@@ -233,18 +267,18 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
 def adapt(spec_path: str, workspace: str | None = None) -> str:
     """Turn a spec into an evaluated, registered system; returns NAME@vN."""
     spec = load_task_spec(spec_path, workspace)
-    decision = decide_route(spec)
+    decision, prebuilt_index, evidence = measured_route(spec)
     progress = artifacts.start_run_progress(
         spec.name, [s for s, on in (("train", decision.behavior), ("index", decision.knowledge), ("eval", True)) if on])
     try:
         trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
-        indexed = _noted(progress, knowledge_flow(spec)) if decision.knowledge else None
+        indexed = _noted(progress, prebuilt_index or knowledge_flow(spec)) if decision.knowledge else None
         reader = reader_flow(spec) if decision.knowledge and reader_mode(spec) else None
         evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed, reader))
     finally:
         artifacts.end_run_progress()
     version, gates, report = register(spec, decision, trained or shipped_reader(evaluated, reader), indexed,
-                                      evaluated, reader=reader)
+                                      evaluated, reader=reader, extra={"route_probe": evidence} if evidence else None)
     stages = [s for s in (trained, indexed, reader, evaluated) if s]
     artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)
     line = result_line(version, gates)
