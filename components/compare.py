@@ -136,8 +136,9 @@ def expand_variants(spec: TaskSpec, methods: Sequence[str] | None = None) -> lis
         raise CompareError(f"spec '{spec.name}' has no `behavior:` section; compare varies behavior.adapter, so add one")
     variants: list[Variant] = []
     seen: dict[str, str] = {}
-    for override in requested_overrides(spec, methods):
-        variant = _variant(spec, override)
+    bases = spec.compare.base_models if spec.compare is not None and spec.compare.base_models else [None]
+    for base_id, override in ((b, o) for b in bases for o in requested_overrides(spec, methods)):
+        variant = _variant(spec, override, base_id)
         fingerprint = json.dumps(
             [variant.spec.behavior.adapter.model_dump(mode="json"), variant.spec.base_model.model_dump(mode="json")],
             sort_keys=True,
@@ -153,8 +154,13 @@ def expand_variants(spec: TaskSpec, methods: Sequence[str] | None = None) -> lis
     return variants
 
 
-def _variant(spec: TaskSpec, override: AdapterSpec) -> Variant:
-    vid = variant_id(override)
+def base_slug(base_id: str) -> str:
+    """'HuggingFaceTB/SmolLM2-360M-Instruct' -> 'smollm2-360m-instruct' (a variant id prefix)."""
+    return re.sub(r"[^a-z0-9]+", "-", str(base_id).rstrip("/").rsplit("/", 1)[-1].lower()).strip("-")[:24] or "base"
+
+
+def _variant(spec: TaskSpec, override: AdapterSpec, base_id: str | None = None) -> Variant:
+    vid = variant_id(override) if base_id is None else f"{base_slug(base_id)}-{variant_id(override)}"
     name = f"{spec.name}--{vid}"
     if len(name) > MAX_NAME:
         raise CompareError(
@@ -162,7 +168,10 @@ def _variant(spec: TaskSpec, override: AdapterSpec) -> Variant:
             f"shorten the spec's `name` to at most {MAX_NAME - len(vid) - 2} characters"
         )
     adapter = merge_adapter(spec.behavior.adapter, override)
-    base, note = variant_base_model(spec.base_model, adapter.method)
+    own_base = spec.base_model if base_id is None else spec.base_model.model_copy(update={"id": base_id})
+    base, note = variant_base_model(own_base, adapter.method)
+    if base_id is not None:
+        note = "; ".join(n for n in (f"base_model.id: {base_id} (compare.base_models)", note) if n)
     data = spec.model_dump(mode="json") | {"name": name, "compare": None, "base_model": base.model_dump(mode="json")}
     data["behavior"]["adapter"] = adapter.model_dump(mode="json")
     lr, lr_note = variant_lr(spec, adapter.method)

@@ -540,6 +540,9 @@ class CompareSpec(Strict):
 
     methods: list[MethodName] = Field([], description="each on its defaults; the spec's own method on the spec's adapter")
     variants: list[AdapterSpec] = Field([], description="adapter overrides, e.g. {method: lora, r: 4}")
+    base_models: list[str] = Field(
+        [], max_length=8, description="a model axis: every variant once per base model id (alias, HF id or folder)"
+    )
     select: Literal["best_score", "smallest_passing"] = Field(
         "best_score", description="smallest_passing: fewest trainable parameters among variants passing the gates"
     )
