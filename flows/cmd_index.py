@@ -78,6 +78,11 @@ def index(
     full: bool = typer.Option(False, "--full", help="rebuild from scratch instead of updating the existing folder"),
     compare: bool = typer.Option(False, "--compare", help="also score hybrid (BM25 + dense, RRF) and MMR variants"),
     as_json: bool = typer.Option(False, "--json", help="print index.json and the metrics as JSON"),
+    dask: str | None = typer.Option(None, "--dask", help="embed on Dask first: 'local' (a LocalCluster) or a "
+                                    "scheduler address tcp://HOST:8786 (default: $ADAPTFLOW_DASK; unset: in-process)"),
+    dask_workers: int | None = typer.Option(None, "--dask-workers", help="LocalCluster workers (default: cores / threads)"),
+    dask_threads: int = typer.Option(1, "--dask-threads", help="torch threads per Dask worker"),
+    shard_size: int = typer.Option(1024, "--dask-shard-size", help="chunks per Dask task (one cache write each)"),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Build the spec's FAISS index; print build time, vectors, recall vs exact, and hit@k / MRR on its QA data."""
@@ -99,6 +104,13 @@ def index(
     out = out or default_index_dir(task.name)
     previous = out if (out / vs.INFO_FILE).exists() and not full else None
     try:
+        if address := _dask_address(dask):
+            from flows.embed_dask import embed_on_dask
+
+            done = embed_on_dask(task.knowledge, vs.default_cache_dir(), address, workers=dask_workers,
+                                threads=dask_threads, shard_size=shard_size)
+            typer.echo(f"{task.name}: embedded {done['embedded']} chunks in {done['shards']} shards on Dask ({address}); "
+                       f"{done['cached']} were cached", err=True)
         info = vs.build_index(task.knowledge, out, previous=previous, progress=_Bar())
         metrics = _evaluate(task, out, compare)
     except (ValueError, RuntimeError, OSError) as exc:  # our errors name the file, the field and the fix
@@ -116,6 +128,11 @@ def index(
             typer.echo(_metrics_line(name + (" *" if name == metrics["default"] else ""), m))
         if compare:
             typer.echo("  (* = what the spec uses: knowledge.hybrid; MMR lambda 0.7)")
+
+
+def _dask_address(option: str | None) -> str | None:
+    """`--dask` wins, then $ADAPTFLOW_DASK; None means no Dask (embed in this process)."""
+    return option or os.environ.get("ADAPTFLOW_DASK") or None
 
 
 def _evaluate(task: Any, out: Path, compare: bool) -> dict[str, Any] | None:
