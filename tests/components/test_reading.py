@@ -134,3 +134,15 @@ def test_the_prompt_and_the_metric_share_the_abstain_phrase():
     assert f"reply: {ABSTAIN_PHRASE}." in prompt
     assert abstained("Not in the documents.") == 1.0 and abstained("It is not in the document") == 0.0
     assert abstained("1871") == 0.0 and is_abstention("Not in the documents") and not is_abstention("1871")
+
+
+def test_ui_and_terminal_tables_show_each_arms_losses(system, knowledge, tmp_path):
+    from flows.summary import arm_rows, arm_table
+
+    spec, _ = knowledge
+    report = evaluate(system, spec, ["base", "base+retrieval"], tmp_path)
+    rows = {r["arm"]: r for r in arm_rows(report)}  # the Prefect table artifact's rows
+    assert rows["base+retrieval"]["retrieval_loss"] == round(report["arms"]["base+retrieval"]["retrieval_loss"], 4)
+    assert rows["base"]["retrieval_loss"] is None and "abstain" in rows["base"]
+    header = arm_table(report)[0].split()
+    assert {"abstain", "retrieval_loss", "reading_loss"} <= set(header)
