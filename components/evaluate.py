@@ -299,16 +299,18 @@ def query_latency(system, items: list[EvalItem], use_adapter: bool, use_retrieva
     return out
 
 
-def main_arm(arms: list[str], scores: dict[str, dict] | None = None, reader_decides: bool = False) -> str:
+def main_arm(arms: list[str], scores: dict[str, dict] | None = None, reader_decides: bool = False,
+             rows: tuple[int, int] = (1, 0)) -> str:
     """The arm the system ships as: the last non-gold arm. With `reader_decides` (knowledge.reader: auto)
-    reader+retrieval ships only when it helps: more contains-answer plus abstain than base+retrieval."""
+    reader+retrieval ships only when it helps: more questions handled right than base+retrieval, counting
+    `rows` = (answerable, unanswerable): contains-answer on the first, abstain on the second."""
     candidates = [a for a in arms if arm_parts(a)[1] != "gold"]
     main = candidates[-1]
     if reader_decides and main.startswith("reader") and scores is not None:
-        def merit(arm: str) -> float:
-            return scores[arm].get(LOSS_METRIC, 0.0) + scores[arm].get("abstain", 0.0)
+        def handled(arm: str) -> float:
+            return scores[arm].get(LOSS_METRIC, 0.0) * rows[0] + scores[arm].get("abstain", 0.0) * rows[1]
 
-        return main if merit(main) > merit("base+retrieval") else "base+retrieval"
+        return main if handled(main) > handled("base+retrieval") else "base+retrieval"
     return main
 
 
@@ -347,7 +349,7 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
         before += size
         samples[arm] = rows_of[arm][:5]
     add_losses(report, rows_of)
-    main = main_arm(arms, report["arms"], reader_decides)
+    main = main_arm(arms, report["arms"], reader_decides, (len(items) - report["unanswerable"], report["unanswerable"]))
     report["main_arm"] = main
     if any(a.startswith(ADAPTER_MODELS) for a in arms):
         report["forgetting"] = forgetting(system, _forgetting_text(spec))

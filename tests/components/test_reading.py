@@ -124,8 +124,12 @@ def test_arm_names_and_main_arm_choice():
     better = {"base+retrieval": {"contains_answer": 0.5}, "reader+retrieval": {"contains_answer": 0.5, "abstain": 0.3}}
     worse = {"base+retrieval": {"contains_answer": 0.6}, "reader+retrieval": {"contains_answer": 0.5}}
     assert main_arm(arms) == "reader+retrieval"
-    assert main_arm(arms, better, reader_decides=True) == "reader+retrieval"
+    assert main_arm(arms, better, reader_decides=True, rows=(4, 2)) == "reader+retrieval"
     assert main_arm(arms, worse, reader_decides=True) == "base+retrieval"
+    # questions handled, not a sum of rates: +0.3 abstain on 1 unanswerable row does not buy -0.1 on 10 answerable
+    traded = {"base+retrieval": {"contains_answer": 0.6}, "reader+retrieval": {"contains_answer": 0.5, "abstain": 0.3}}
+    assert main_arm(arms, traded, reader_decides=True, rows=(10, 1)) == "base+retrieval"
+    assert main_arm(arms, traded, reader_decides=True, rows=(1, 10)) == "reader+retrieval"
 
 
 def test_the_prompt_and_the_metric_share_the_abstain_phrase():
