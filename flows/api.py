@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.registry import Registry, RegistryError
@@ -132,7 +133,7 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         return _model_card(model_id, version.manifest.get("created_at", "")) | {"version": version.ref}
 
     @app.get("/v1/chunks/{chunk_id}")
-    async def chunk(chunk_id: int, model: str):
+    def chunk(chunk_id: int, model: str):
         """The full text of a cited chunk (the chat page's citation links open it)."""
         try:
             with systems.using(model.strip()) as system:
@@ -156,17 +157,22 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         refused = check_chat(req, limits) if kind == "chat" else check_generation(req, limits)
         if refused is not None:
             return refused
-        label = req.model.strip()
+        label, entry = req.model.strip(), None
         try:
-            with systems.using(label) as system:
-                label = system.ref
-                response = await (_chat if kind == "chat" else _completion)(request, system, req, limits)
-                if isinstance(response, dict):
-                    response = JSONResponse(response)
+            entry = await run_in_threadpool(systems.acquire, label)
+            label = entry.system.ref
+            response = await (_chat if kind == "chat" else _completion)(request, entry.system, req, limits)
+            if isinstance(response, dict):
+                response = JSONResponse(response)
         except ClientGone:
             response = error(499, "the client went away", code="client_closed")
         except Exception as exc:  # noqa: BLE001 - mapped to its status (failure)
             response = failure(exc, "messages" if kind == "chat" else "prompt")
+        if entry is not None:
+            if isinstance(response, StreamingResponse):  # busy (not evictable) until the last chunk is sent
+                response.background = BackgroundTask(systems.release, entry)
+            else:
+                systems.release(entry)
         metrics.answered(kind, label, response.status_code, time.monotonic() - started)
         return response
 
@@ -186,9 +192,12 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         req = parse(body, EmbeddingRequest)
         if isinstance(req, JSONResponse):
             return req
-        try:
+        def embed():
             with systems.using(req.model.strip()) as system:
-                return await run_in_threadpool(_embed, system, req)
+                return _embed(system, req)
+
+        try:
+            return await run_in_threadpool(embed)
         except Exception as exc:  # noqa: BLE001
             return failure(exc, "input")
 

@@ -35,6 +35,7 @@ class Submission:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.system, self.prepared, self.started = system, prepared, time.monotonic()
+        self.give_up_s = limits.request_timeout_s + 30
         self.rows = []
         try:
             for i, p in enumerate(params):
@@ -55,6 +56,9 @@ class Submission:
         cancels the rows (non-streaming requests: a streaming response is cancelled by Starlette)."""
         pending, checked = len(self.rows), time.monotonic()
         while pending:
+            if time.monotonic() - self.started > self.give_up_s:  # the engine enforces the timeout; this is a backstop
+                self.cancel()
+                raise RequestTimeout("no answer from the engine within the request timeout")
             try:
                 event = await asyncio.wait_for(self.queue.get(), 0.25)
             except TimeoutError:

@@ -47,12 +47,19 @@ class Systems:
     @contextlib.contextmanager
     def using(self, ref: str) -> Iterator[object]:
         """The loaded system for `ref`, kept from eviction while the caller uses it."""
-        entry = self._get(ref)
+        entry = self.acquire(ref)
         try:
             yield entry.system
         finally:
-            with self._lock:
-                entry.busy -= 1
+            self.release(entry)
+
+    def acquire(self, ref: str) -> Loaded:
+        """Load (or find) `ref` and mark it busy until `release` (a stream holds it until its last chunk)."""
+        return self._get(ref)
+
+    def release(self, entry: Loaded) -> None:
+        with self._lock:
+            entry.busy -= 1
 
     def _get(self, ref: str) -> Loaded:
         from components.system import load_system

@@ -78,6 +78,8 @@ def serve(
     batch_window_ms: float = typer.Option(5.0, min=0, help="an idle server waits this long for more requests"),
     max_adapters: int | None = typer.Option(None, min=1, help="loaded systems with adapters; the least "
                                             "recently used is unloaded past it (default: no limit)"),
+    threads: int | None = typer.Option(None, min=1, help="torch threads for generation (default: torch's; 1 is "
+                                       "faster on a machine shared with other work)"),
 ) -> None:
     """OpenAI-compatible API and a chat page: GET /, /health, /metrics, /v1/models; POST /v1/chat/completions,
     /v1/completions, /v1/embeddings (model = NAME@REF). docs/serving.md lists every field."""
@@ -94,6 +96,10 @@ def serve(
         raise typer.Exit(1)
     registry = Registry(root)
     typer.echo(f"serving {registry.root} on http://{host}:{port}/v1 ({'bearer token required' if key else 'no token'})")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)  # the engine threads read it (torch keeps one intra-op setting)
     configure(max_batch=max_batch, max_queue=max_queue, window_ms=batch_window_ms)
     limits = Limits(max_tokens_cap=max_tokens_cap, default_max_tokens=min(128, max_tokens_cap), max_context=max_context,
                     request_timeout_s=request_timeout)

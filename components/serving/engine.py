@@ -210,6 +210,7 @@ class Engine:
         self._cv = threading.Condition()
         self._groups: dict[tuple, Group] = {}
         self._thread: threading.Thread | None = None
+        self._admitted: list[Row] = []  # rows admitted in this loop, not yet in a group
         self._row_seconds = 1.0  # moving average of a row's time in the batch (Retry-After's estimate)
 
     # --- the callers' side --------------------------------------------------------------------
@@ -242,11 +243,20 @@ class Engine:
         while True:
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - the loop must outlive any one batch; rows were failed
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one batch
                 log.exception("engine step failed")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """An error outside any one row's forward pass (e.g. a cache that cannot merge): fail what is in flight."""
+        rows = self._admitted + [row for group in self._groups.values() for row in group.rows]
+        self._groups.clear()
+        for row in rows:
+            if not row.finished:
+                row.fail(exc)
 
     def _tick(self) -> None:
-        admitted = self._admit()
+        admitted = self._admitted = self._admit()
         by_key: dict[tuple, list[Row]] = {}
         for row in admitted:
             key = row.route.key if row.route.cached and not row.solo else (id(row),)

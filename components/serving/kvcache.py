@@ -50,6 +50,7 @@ def select(cache: DynamicCache, mask: torch.Tensor, keep: list[int]) -> tuple[Dy
     used = mask.any(dim=0).nonzero()
     start = int(used[0]) if len(used) else mask.shape[1]
     for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-        layer.values = layer.values.index_select(0, index)[..., start:, :]
+        rows = index.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(0, rows)[..., start:, :]
+        layer.values = layer.values.index_select(0, rows)[..., start:, :]
     return cache, mask[:, start:]
