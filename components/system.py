@@ -29,7 +29,8 @@ from pathlib import Path
 from components.models import load_model
 from components.precision import task_precision
 from components.prompting import format_context, last_user_text, question_messages, with_context
-from components.serving.bases import BaseHandle, base_loads, embed_lock, shared_base
+from components.serving.bases import BaseHandle, base_loads, shared_base
+from components.serving.embedding import batching
 from components.serving.engine import Completion, Route, Row
 from components.serving.sampling import SamplingParams
 from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, TaskSpec, soft_prompt
@@ -170,6 +171,7 @@ class System:
             from vectorstore import Retriever
 
             self.retriever = Retriever.open(index_dir, embedder=embedder, verify=verify_index)
+            self.retriever.embedder = batching(self.retriever.embedder)  # concurrent questions embed together
             self.top_k = self.retriever.info["retrieval"]["top_k"]  # the spec's, or the one tuning chose at index time
         self._private_model = self._prompt_model = None
         injected = self.method is not None and self.method not in PROMPT_LEARNING | WEIGHT_METHODS | {"hybrid"}
@@ -252,8 +254,8 @@ class System:
     def retrieve(self, question: str, k: int | None = None) -> list:
         if self.retriever is None:
             return []
-        with embed_lock(self.retriever.embedder):
-            return self.retriever.search(question, k or self.top_k)
+        # no lock: the batching embedder serializes encoding; FAISS and BM25 searches only read
+        return self.retriever.search(question, k or self.top_k)
 
     def generate(self, batch: list[list[dict]], *, use_adapter: bool = True, max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_p: float = 1.0,

@@ -91,5 +91,7 @@ _EMBED_LOCKS: dict[int, threading.Lock] = {}
 
 def embed_lock(embedder: object) -> threading.Lock:
     """Embedders are cached per process and their fast tokenizers are not thread-safe."""
+    if hasattr(embedder, "batches"):  # a BatchingEmbedder (components.serving.embedding) has its own
+        return embedder.lock
     with _BASES_LOCK:
         return _EMBED_LOCKS.setdefault(id(embedder), threading.Lock())
