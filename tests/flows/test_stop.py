@@ -57,6 +57,7 @@ def test_one_signal_stops_the_run_marks_it_crashed_and_leaves_no_process(isolate
     stopped = [line for line in err.splitlines() if f"stopped ({word})" in line]
     assert len(stopped) == 1 and "adaptflow run" in stopped[0] and "checkpoint step-" in stopped[0], err[-3000:]
     assert "Traceback" not in err and "Traceback" not in out
+    assert "Warning" not in err and "Loading weights" not in err  # e.g. is_gradient_checkpointing's FutureWarning
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], "a process outlived the run"
     states = _flow_run_states(isolated)
