@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_PORT = int(os.environ.get("ADAPTFLOW_PREFECT_PORT", "4200"))
-DRAIN_SECONDS = 5.0  # logs and events still queued for the server when a run ends
+DRAIN_SECONDS = 3.0  # logs and events still queued for the server when a run ends
 
 
 def api_url(port: int = DEFAULT_PORT) -> str:

@@ -53,7 +53,10 @@ def test_one_signal_stops_the_run_marks_it_crashed_and_leaves_no_process(isolate
     took = time.monotonic() - sent
 
     assert proc.returncode == code, err[-3000:]
-    assert took < 10, f"took {took:.1f} s to stop"
+    # ~4 s measured at a normal load; the bound is the 10 s, stretched when the machine runs more
+    # processes than it has cores (the full suite on 2 shared cores reached a load of 19: 11-13 s)
+    limit = min(30.0, 10.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+    assert took < limit, f"took {took:.1f} s to stop (limit {limit:.0f} s at load {os.getloadavg()[0]:.1f})"
     stopped = [line for line in err.splitlines() if f"stopped ({word})" in line]
     assert len(stopped) == 1 and "adaptflow run" in stopped[0] and "checkpoint step-" in stopped[0], err[-3000:]
     assert "Traceback" not in err and "Traceback" not in out
