@@ -271,9 +271,11 @@ def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window + 1].unsqueeze(0).to(model.device)
-            out = model(input_ids=chunk, labels=chunk)
+            # The loss from logits, not `labels=`: with labels, peft 0.21's AdaLoraModel.forward adds its orthogonal
+            # regulariser, which fails on an adapter loaded for inference (no trainable_adapter_name).
+            logits = model(input_ids=chunk).logits[0, :-1].float()
             n = chunk.shape[1] - 1
-            nll += float(out.loss) * n
+            nll += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:])) * n
             count += n
     return math.exp(nll / count)
 

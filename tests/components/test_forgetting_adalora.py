@@ -1,0 +1,36 @@
+"""Forgetting (perplexity on general text) of a registered-style AdaLoRA system, loaded for inference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import TypeAdapter
+
+from components.evaluate import forgetting, perplexity
+from components.methods import apply_method, save_adapter
+from components.spec import AdapterSpec, TaskSpec
+from components.system import System
+from tests.conftest import make_tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_adalora_system_measures_forgetting_and_perplexity_matches_the_labels_loss(tiny_llama_dir, tokenizer, tmp_path):
+    adapter = TypeAdapter(AdapterSpec).validate_python({"method": "adalora", "init_r": 4, "target_r": 2})
+    model = apply_method(make_tiny_llama(tokenizer), adapter, total_steps=10)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(torch.randn_like(param) * 0.1)
+    save_adapter(model, adapter, tmp_path / "adapter")
+    spec = TaskSpec.model_validate({"name": "ada", "goal": "behavior", "base_model": {"id": str(tiny_llama_dir)},
+                                    "behavior": {"data": {"train": "t.jsonl"}, "adapter": adapter.model_dump()}},
+                                   context={"check_exists": False})
+    result = forgetting(System("ada@v1", spec, tmp_path / "adapter", None), "The harbor opened in 1871. " * 20)
+    assert result["base_ppl"] > 0 and result["adapter_ppl"] > 0 and math.isfinite(result["forgetting"])
+    plain = make_tiny_llama(tokenizer)
+    ids = tokenizer("The harbor opened in 1871. " * 4, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        oracle = math.exp(float(plain(input_ids=ids, labels=ids).loss))  # the HF loss on one window
+    assert perplexity(plain, tokenizer, "The harbor opened in 1871. " * 4) == pytest.approx(oracle, rel=1e-5)
