@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.inspect import base_record
 from components.spec import ComposeSpec, TaskSpec
 
 COMPOSED = "composed"
@@ -47,7 +48,7 @@ def open_sources(registry, refs: list[str]) -> list[Source]:
             raise ComposeError(f"{version.ref} has adapter method '{method}'; compose merges LoRA adapters "
                                f"({', '.join(LORA_FAMILY)}): pick systems trained with one of those")
         sources.append(Source(version.ref, version.manifest.get("content_digest", ""), spec, adapter_dir,
-                              index_dir if index_dir.exists() else None, dict(version.manifest.get("base_model") or {})))
+                              index_dir if index_dir.exists() else None, base_record(version.manifest)))
     first = sources[0]
     for other in sources[1:]:
         if (other.base.get("id"), other.base.get("weights_hash")) != (first.base.get("id"), first.base.get("weights_hash")):

@@ -382,6 +382,13 @@ def derived_name(name: str) -> str:
     return f"{name}--inspect"
 
 
+def base_record(manifest: dict) -> dict:
+    """The manifest's base model with its load path: `adapt` keeps the path (machine-specific) under volatile."""
+    base = dict(manifest.get("base_model") or {})
+    base["path"] = base.get("path") or (manifest.get("volatile") or {}).get("base_model_path") or base.get("id")
+    return base
+
+
 def inspect_registered(registry, ref: str, staging: Path):
     """Inspect the verified version `ref`, write the report into `staging`, publish it as the next
     version of `<name>--inspect` (the same inspection twice is the same version). Returns
@@ -392,10 +399,10 @@ def inspect_registered(registry, ref: str, staging: Path):
     adapter_dir = source.path / "adapter"
     if not adapter_dir.is_dir():
         raise InspectError(f"{source.ref} has no adapter/ (a knowledge-only system); inspect systems with a behavior half")
-    base_path = (source.manifest.get("base_model") or {}).get("path")
-    ins = inspect_adapter(adapter_dir, Path(base_path) if base_path else None)
+    base = base_record(source.manifest)
+    ins = inspect_adapter(adapter_dir, Path(base["path"]) if base["path"] != base["id"] else None)
     write_inspection(ins, staging, source.ref)
-    manifest = manifest_base(source.manifest["spec"], base_model=source.manifest["base_model"],
+    manifest = manifest_base(source.manifest["spec"], base_model=base,
                              route="inspect", reasons=[f"inspection of {source.ref}"], metrics=summary(ins))
     manifest["inspects"] = {"ref": source.ref, "content_digest": source.manifest.get("content_digest"),
                             "method": ins.method}

@@ -49,7 +49,9 @@ def world(tmp_path_factory, tokenizer):
                 param.add_(torch.randn_like(param) * 0.5)
         staging = root / f"staging-{name}"
         save_adapter(model, spec.behavior.adapter, staging / "adapter")
-        reg.publish(name, staging, manifest_base(spec, base_model=base))
+        manifest = manifest_base(spec, base_model=base)
+        manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.register does
+        reg.publish(name, staging, manifest)
     return root, reg, base_dir
 
 

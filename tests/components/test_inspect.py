@@ -160,7 +160,9 @@ def test_inspect_command_registers_a_verified_derived_version(trained, base_dir,
         (staging / "adapter" / f.name).write_bytes(f.read_bytes())
     spec = {"name": "tiny", "base_model": {"id": str(base_dir)}}
     base = {"id": str(base_dir), "revision": None, "weights_hash": None, "path": str(base_dir)}
-    source = reg.publish("tiny", staging, manifest_base(spec, base_model=base))
+    manifest = manifest_base(spec, base_model=base)
+    manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.register does
+    source = reg.publish("tiny", staging, manifest)
 
     runner = CliRunner()
     first = runner.invoke(app, ["inspect", "tiny@v1", "--root", str(reg.root)])
