@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import fsspec
@@ -33,6 +34,17 @@ LEASE_S = 900.0  # a lock older than this is abandoned: its holder died (a live 
 def is_url(root: object) -> bool:
     """True for a remote fsspec URL; local paths and file:// stay on the local code path."""
     return isinstance(root, str) and "://" in root and not root.startswith("file://")
+
+
+def url_from_path(root: object) -> object:
+    """Undo what `Path("s3://bucket/x")` did ("s3:/bucket/x"): a CLI `--root` typed as a Path arrives so.
+
+    Only a known fsspec protocol is restored, so a local folder whose name has a colon stays a folder.
+    """
+    if isinstance(root, PurePath) and (m := re.match(r"^([a-z][a-z0-9+.-]*):/(?!/)(.*)$", str(root))):
+        if m.group(1) in fsspec.available_protocols() and m.group(1) != "file":
+            return f"{m.group(1)}://{m.group(2)}"
+    return root
 
 
 class LockTimeout(RegistryError):

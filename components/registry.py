@@ -34,7 +34,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from components.objectstore import is_url
+from components.objectstore import is_url, url_from_path
 from components.registry_diff import diff_manifests
 from components.registry_files import (
     ASSIGNED_KEYS,
@@ -134,7 +134,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _chosen_root(root: Path | str | None) -> Path | str:
-    return root if root is not None else os.environ.get(ENV_ROOT) or "registry"
+    return url_from_path(root) if root is not None else os.environ.get(ENV_ROOT) or "registry"
 
 
 class Registry:

@@ -53,6 +53,18 @@ def test_url_root_gives_the_object_registry_and_env_selects_it(url: str, monkeyp
     monkeypatch.setenv("ADAPTFLOW_REGISTRY", url)
     assert isinstance(Registry(), ObjectRegistry) and Registry().root == url
     assert type(Registry("file:///tmp/x")) is Registry
+    assert Registry(Path(url)).root == url  # a typer Path option turns s3:// into s3:/
+    assert type(Registry(Path("notaprotocol:/x"))) is Registry
+
+
+def test_registry_cli_reads_the_bucket(url: str, stage: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    Registry(url).publish("demo", stage, manifest())
+    result = CliRunner().invoke(app, ["registry", "list", "--root", url])
+    assert result.exit_code == 0 and "demo" in result.output and "v1" in result.output, result.output
 
 
 def test_publish_resolve_open_and_dedupe(url: str, stage: Path, tmp_path: Path) -> None:
