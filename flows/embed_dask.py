@@ -46,34 +46,33 @@ def embed_shard_task(embedder_name: str, shard: Shard, threads: int) -> np.ndarr
 
 
 @flow(name="embed-corpus", log_prints=True)
-def embed_corpus(embedder_name: str, shards: list[Shard], cache_dir: str, threads: int) -> dict[str, int]:
-    cache = EmbeddingCache(Path(cache_dir), load_embedder(embedder_name))
-    futures = {embed_shard_task.submit(embedder_name, s, threads): s for s in shards}
-    done = 0
-    for future in as_completed(list(futures)):
-        shard = futures[future]
-        cache.put(shard.hashes, future.result())  # at once: a killed run keeps every finished shard
-        done += 1
-        print(f"shard {shard.number}: {len(shard.hashes)} vectors cached ({done}/{len(shards)})")
-    return {"shards": len(shards), "embedded": sum(len(s.hashes) for s in shards)}
+def embed_corpus(knowledge: KnowledgeSpec, cache_dir: str, threads: int = 1, shard_size: int = SHARD_SIZE) -> dict[str, int]:
+    """Fill the embedding cache for the spec's chunks, one task run per shard of uncached chunks.
 
-
-def embed_on_dask(knowledge: KnowledgeSpec, cache_dir: Path, address: str, *, workers: int | None = None,
-                  threads: int = 1, shard_size: int = SHARD_SIZE) -> dict[str, Any]:
-    """Fill the embedding cache for the spec's chunks on Dask; return what was embedded and what was cached."""
+    The shards are cut here, inside the flow, not passed in: a flow run's parameters are stored by the
+    Prefect API, which refuses more than 512 KB (a 3,000-chunk corpus's texts already exceed it).
+    """
     embedder = load_embedder(knowledge.embedder)
     chunks = chunk_documents(knowledge_documents(knowledge), embedder.token_offsets, knowledge.chunking)
     cache = EmbeddingCache(Path(cache_dir), embedder)
     shards = pending_shards(chunks, cache, shard_size)
     unique = len({c.embed_hash for c in chunks})
-    summary = {"chunks": len(chunks), "cached": unique - sum(len(s.hashes) for s in shards), "shards": 0, "embedded": 0}
-    if not shards:
-        return summary
+    futures = {embed_shard_task.submit(knowledge.embedder, s, threads): s for s in shards}
+    for done, future in enumerate(as_completed(list(futures)), 1):
+        shard = futures[future]
+        cache.put(shard.hashes, future.result())  # at once: a killed run keeps every finished shard
+        print(f"shard {shard.number}: {len(shard.hashes)} vectors cached ({done}/{len(shards)})")
+    embedded = sum(len(s.hashes) for s in shards)
+    return {"chunks": len(chunks), "cached": unique - embedded, "shards": len(shards), "embedded": embedded}
+
+
+def embed_on_dask(knowledge: KnowledgeSpec, cache_dir: Path, address: str, *, workers: int | None = None,
+                  threads: int = 1, shard_size: int = SHARD_SIZE) -> dict[str, Any]:
+    """Run `embed_corpus` on Dask (a LocalCluster for `address` 'local'); return what was embedded and cached."""
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
-    runner = task_runner(address, workers, threads)
     with api_for_workers():
-        done = embed_corpus.with_options(task_runner=runner)(knowledge.embedder, shards, str(cache_dir), threads)
-    return {**summary, **done}
+        runner = task_runner(address, workers, threads)
+        return embed_corpus.with_options(task_runner=runner)(knowledge, str(cache_dir), threads, shard_size)
 
 
 @contextmanager
