@@ -48,21 +48,22 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
     return out
 
 
-def source_version(*names: str) -> str:
-    """`code_version` of modules by name, read from their files without importing them: hashing the
-    training code must not cost the 4 s torch + peft import when nothing is going to train."""
-    return digest([Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8") for name in names])[:16]
+def package_version(package: str) -> str:
+    """Hash of every source file of a package, nested ones included, read without importing them. A hand-kept
+    module list went stale (the prompt template, hybrid methods, the precision policy and the 4-bit kernel
+    choice all change what a stage computes, and none was in it): a stage depends on the whole package."""
+    root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
+    return digest([(str(p.relative_to(root)), p.read_text(encoding="utf-8")) for p in sorted(root.rglob("*.py"))])[:16]
 
 
-EVAL_CODE = ("components.evaluate", "components.metrics", "components.prompting", "components.system")
-TRAIN_CODE = ("components.batching", "components.checkpoint", "components.data", "components.methods", "components.train")
+STAGE_CODE = "components"  # what the train, reader, eval and probe stages run: the whole package
 
 
 def train_key(spec: TaskSpec) -> str:
     base = resolve_model(spec.base_model, verify=False)
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("behavior.")}
     return digest("train", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(spec.behavior),
-                  hashes, source_version(*TRAIN_CODE))
+                  hashes, package_version(STAGE_CODE))
 
 
 def reader_key(spec: TaskSpec) -> str:
@@ -75,7 +76,7 @@ def reader_key(spec: TaskSpec) -> str:
         return digest("reader-ref", version.ref, version.manifest.get("files"))
     base = resolve_model(spec.base_model, verify=False)
     return digest("reader", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(reader_behavior()),
-                  path_digest(reader_data()), source_version(*TRAIN_CODE))
+                  path_digest(reader_data()), package_version(STAGE_CODE))
 
 
 def _package_modules(package) -> list:
@@ -107,10 +108,9 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> 
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
                   hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  source_version(*EVAL_CODE), *([reader.key] if reader else []))
+                  package_version(STAGE_CODE), *([reader.key] if reader else []))
 
 
-PROBE_CODE = ("components.probe", *EVAL_CODE)
 
 
 def wants_probe(spec: TaskSpec) -> bool:
@@ -125,7 +125,7 @@ def probe_key(spec: TaskSpec) -> str:
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("probe", spec.base_model.model_dump(mode="json"), base.weights_hash, hashes,
                   index_key(spec) if spec.knowledge else None, spec.knowledge.top_k if spec.knowledge else None,
-                  spec.evaluation.max_new_tokens, PROBE_ITEMS, source_version(*PROBE_CODE))
+                  spec.evaluation.max_new_tokens, PROBE_ITEMS, package_version(STAGE_CODE))
 
 
 def cached_route(spec: TaskSpec) -> Route:
