@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from peft import (
@@ -86,8 +87,28 @@ Built = PeftConfig | WeightSelection
 BUILDERS: dict[str, Callable[..., Built]] = {}
 
 
+def spec_methods() -> set[str]:
+    """Every `adapter.method` the spec accepts: the tags of the AdapterSpec union."""
+    union = get_args(AdapterSpec)[0]
+    return {cls.model_fields["method"].default for cls in get_args(union)}
+
+
 def register(method: str, builder: Callable[..., Built]) -> None:
+    """One builder per spec method: a second registration or a name the spec does not know is an error."""
+    if method in BUILDERS:
+        raise ValueError(f"adapter method '{method}' is registered twice ({BUILDERS[method].__name__}, {builder.__name__})")
+    if method not in spec_methods():
+        raise ValueError(f"adapter method '{method}' has no spec class in components/spec.py's AdapterSpec union; "
+                         f"add one (a class with `method: Literal['{method}']`) before registering its builder")
     BUILDERS[method] = builder
+
+
+def check_registry() -> None:
+    """Every spec method has a builder (run at import: a missing builder used to fail only at training time)."""
+    missing = spec_methods() - set(BUILDERS)
+    if missing:
+        raise ImportError(f"adapter methods {sorted(missing)} have a spec class but no builder; "
+                          "register one in components/methods.py")
 
 
 # --- builders: spec -> library config (the one translation place) -------------------------------
@@ -178,6 +199,7 @@ register("prefix_tuning", build_prefix_tuning)
 register("selective", build_selective)
 register("full", build_full)
 register("hybrid", build_hybrid)  # components/hybrid.py: PeftMixedModel, or a soft prompt over a LoRA
+check_registry()
 
 
 # --- attaching -------------------------------------------------------------------------------
