@@ -533,6 +533,7 @@ class EvaluationSpec(Strict):
 
 ADAPTER_METHODS: tuple[str, ...] = tuple(c.model_fields["method"].default for c in get_args(get_args(AdapterSpec)[0]))
 MethodName = Literal[ADAPTER_METHODS]  # type: ignore[valid-type]
+SelectRule = Literal["best_score", "smallest_passing"]  # the one list of rules: spec, CLI and selection use it
 
 
 class CompareSpec(Strict):
@@ -543,7 +544,7 @@ class CompareSpec(Strict):
     base_models: list[str] = Field(
         [], max_length=8, description="a model axis: every variant once per base model id (alias, HF id or folder)"
     )
-    select: Literal["best_score", "smallest_passing"] = Field(
+    select: SelectRule = Field(
         "best_score", description="smallest_passing: fewest trainable parameters among variants passing the gates"
     )
     lr: dict[MethodName, float] = Field(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from components.compare import SELECT_RULES, CompareError, expand_variants
+from components.compare import SELECT_RULES, CompareError, check_select_rule, expand_variants
 from components.specload import SpecError, load_spec
 from flows import console
 from flows.options import RootOpt, VerboseOpt, WorkspaceOpt
@@ -35,8 +35,8 @@ def compare(
     store report and chart in the registry, register the selected variant under the spec's name."""
     wanted = _method_list(methods)
     try:
-        if select is not None and select not in SELECT_RULES:
-            raise CompareError(f"--select '{select}' is unknown; use one of {', '.join(SELECT_RULES)}")
+        if select is not None:
+            check_select_rule(select, "--select")
         variants = expand_variants(load_spec(spec, workspace), wanted)  # fail fast, before Prefect starts
     except (SpecError, CompareError) as exc:
         typer.echo(f"error: {exc}", err=True)

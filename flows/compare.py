@@ -30,7 +30,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from components import compare as cmp
 from components.route import Route, route
-from components.spec import ADAPTER_METHODS, TaskSpec
+from components.spec import ADAPTER_METHODS, SelectRule, TaskSpec
 from flows import artifacts, keys
 from flows.deployments import SPECS
 from flows.keys import store
@@ -237,9 +237,7 @@ def compare(spec_path: str, methods: list[str] | None = None, workspace: str | N
     """
     spec = load_task_spec(spec_path, workspace)
     variants = cmp.expand_variants(spec, methods)
-    rule = select or (spec.compare.select if spec.compare else "best_score")
-    if rule not in cmp.SELECT_RULES:
-        raise cmp.CompareError(f"select rule '{rule}' is unknown; use one of {', '.join(cmp.SELECT_RULES)}")
+    rule = cmp.check_select_rule(select or (spec.compare.select if spec.compare else "best_score"))
     decision = decide_route(spec)
     indexed = knowledge_flow(spec) if decision.knowledge else None
     slots = max_parallel or auto_slots(spec, len(variants))
@@ -280,7 +278,7 @@ def compare_ui(spec: str = SPECS[0], spec_path: str | None = None, methods: list
 
 # Choice lists for the UI form; the runner imports this module attribute by name (as flows.deployments.adapt_ui).
 compare_ui.__annotations__ |= {"spec": Literal[tuple(SPECS)], "methods": list[MethodChoice] | None,
-                               "select": Literal[cmp.SELECT_RULES] | None}
+                               "select": SelectRule | None}
 compare_ui = flow(name="compare", log_prints=True)(compare_ui)
 
 
