@@ -107,7 +107,7 @@ def query_times(systems: list) -> tuple[list[float], list[float]]:
 def run() -> dict:
     import torch
 
-    from components.system import System, base_loads
+    from adaptflow.system import System, base_loads
 
     torch.set_num_threads(1)
 

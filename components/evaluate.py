@@ -73,7 +73,7 @@ def _answers(value: object, where: str) -> list[str]:
             raise EvalDataError(f"{where}: 'answer' is a list, so it must hold non-empty strings; "
                                 "give one answer or a list of acceptable ones")
         return [str(a) for a in value]
-    if value is None or not str(value).strip():  # checked at validate too (components/preflight.py)
+    if value is None or not str(value).strip():  # checked at validate too (adaptflow/preflight.py)
         raise EvalDataError(f"{where}: 'answer' is null or empty; write the expected answer")
     return [str(value)]
 

@@ -28,7 +28,7 @@ RECIPE = {
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "training": {"epochs": 2, "batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384, "seed": 0},
 }
-INJECTED = {"LORA", "ADALORA", "IA3", "LOHA", "LOKR"}  # peft types that share the base (components.system)
+INJECTED = {"LORA", "ADALORA", "IA3", "LOHA", "LOKR"}  # peft types that share the base (adaptflow.system)
 
 
 def reader_data() -> Path:

@@ -110,7 +110,7 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
 
     @app.get("/health")
     def health() -> dict:
-        from components.system import base_loads
+        from adaptflow.system import base_loads
 
         return {"status": "ok", "loaded": systems.loaded(), "base_loads": base_loads(),
                 "max_adapters": systems.max_adapters, "queue_depth": sum(e.queue_depth() for e in engines()),

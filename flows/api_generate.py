@@ -14,11 +14,11 @@ from dataclasses import asdict
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from adaptflow.system import Prepared, PromptTooLong
 from components.registry import RegistryError, RegistryIntegrityError
 from components.serving.engine import Completion, QueueFull, RequestTimeout
 from components.serving.grammar import GrammarError
 from components.serving.sampling import SamplingParams, TokenChoice
-from components.system import Prepared, PromptTooLong
 from flows.api_requests import Limits, error
 
 log = logging.getLogger(__name__)

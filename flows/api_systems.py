@@ -62,7 +62,7 @@ class Systems:
             entry.busy -= 1
 
     def _get(self, ref: str) -> Loaded:
-        from components.system import load_system
+        from adaptflow.system import load_system
 
         version = self.registry.resolve(ref)
         stamp = stat_stamp(version.path)

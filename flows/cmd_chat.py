@@ -24,8 +24,8 @@ def chat(
     """Chat with a registered system: the answer streams, then its numbered sources and timings."""
     from transformers.utils import logging as hf_logging
 
+    from adaptflow.system import load_system
     from components.registry import Registry, RegistryError
-    from components.system import load_system
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()

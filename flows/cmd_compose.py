@@ -1,5 +1,5 @@
 """`adaptflow compose NEW --from A@REF B@REF --how ties --weights 0.5,0.5`: a new system from registered
-LoRA systems (components.compose), evaluated beside each source; the `compose` deployment runs a spec's
+LoRA systems (adaptflow.compose), evaluated beside each source; the `compose` deployment runs a spec's
 `compose:` section from the Prefect UI."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flows.options import RootOpt
 
 def run_compose(name: str, compose, root: Path | None = None):
     """(registered version, report); the staging folder is removed afterwards."""
-    from components.compose import compose_system
+    from adaptflow.compose import compose_system
     from components.registry import Registry
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-compose-"))
@@ -50,7 +50,7 @@ def compose(
     evaluation set beside the source, and register it with lineage."""
     from pydantic import ValidationError
 
-    from components.compose import ComposeError
+    from adaptflow.compose import ComposeError
     from components.registry import RegistryError
     from components.spec import ComposeSpec
     from components.specload import SpecError, load_spec

@@ -33,8 +33,8 @@ def query(
     Each call loads the model; `adaptflow serve` (or `adaptflow.load_system` in Python) keeps it loaded.
     """
     console.setup("query", verbose)  # before transformers is imported: no loading bars, no library warnings
+    from adaptflow.system import load_system
     from components.registry import Registry
-    from components.system import load_system
 
     try:
         loaded = load_system(system, Registry(root))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from components.preflight import check_inputs
+from adaptflow.preflight import check_inputs
 from components.spec import TaskSpec
 from components.specload import SpecError, load_spec
 from flows import console

@@ -80,8 +80,8 @@ def evaluate_registered(system: str) -> dict:
         system: A registered system: NAME@vN or NAME@alias, e.g. lore-knowledge@production
             (`adaptflow registry list` shows them).
     """
+    from adaptflow.system import load_system
     from components.evaluate import arms_for, evaluate
-    from components.system import load_system
 
     loaded = load_system(system)
     behavior, knowledge = loaded.method is not None, loaded.retriever is not None
@@ -104,7 +104,7 @@ def query_registered(system: str = SYSTEMS[0] if SYSTEMS else "lore-knowledge@pr
         system_ref: Any other system, e.g. lore-assistant@v2 or one registered since the UI started;
             when set, it is used instead of `system`.
     """
-    from components.system import load_system
+    from adaptflow.system import load_system
 
     system = system_ref or system
     answer = load_system(system).query(question)

@@ -57,6 +57,7 @@ def package_version(package: str) -> str:
 
 
 STAGE_CODE = "components"  # what the train, reader, eval and probe stages run: the whole package
+SERVED_CODE = "adaptflow"  # the served system the eval and probe stages generate with (above both halves)
 
 
 def train_key(spec: TaskSpec) -> str:
@@ -108,7 +109,7 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> 
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
                   hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  package_version(STAGE_CODE), *([reader.key] if reader else []))
+                  package_version(STAGE_CODE), package_version(SERVED_CODE), *([reader.key] if reader else []))
 
 
 
@@ -125,7 +126,8 @@ def probe_key(spec: TaskSpec) -> str:
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("probe", spec.base_model.model_dump(mode="json"), base.weights_hash, hashes,
                   index_key(spec) if spec.knowledge else None, spec.knowledge.top_k if spec.knowledge else None,
-                  spec.evaluation.max_new_tokens, PROBE_ITEMS, package_version(STAGE_CODE))
+                  spec.evaluation.max_new_tokens, PROBE_ITEMS, package_version(STAGE_CODE),
+                  package_version(SERVED_CODE))
 
 
 def cached_route(spec: TaskSpec) -> Route:

@@ -35,7 +35,7 @@ class StageResult:
 
 @task(name="load-spec", cache_policy=NONE)
 def load_task_spec(spec_path: str, workspace: str | None = None) -> TaskSpec:
-    from components.preflight import check_before_run
+    from adaptflow.preflight import check_before_run
 
     spec = load_spec(spec_path, workspace)
     check_before_run(spec, spec_path)  # eval rows, documents, gold doc ids, registry writable: before any model loads
@@ -54,9 +54,9 @@ def probe_route(spec: TaskSpec, indexed: StageResult | None, key: str) -> Path:
     """The base model on a sample of the evaluation set, without context, with retrieval and with gold context."""
     import json
 
+    from adaptflow.system import System
     from components.evaluate import load_eval_items
     from components.probe import measure, sample
-    from components.system import System
 
     system = System(f"{spec.name}@probe", spec, None, indexed.path / "index" if indexed else None)
     evidence = measure(system, spec, sample(load_eval_items(spec)))
@@ -173,9 +173,9 @@ def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, 
                   key: str, reader: StageResult | None = None) -> Path:
     import json
 
+    from adaptflow.system import System
     from components.evaluate import arms_for, evaluate
     from components.reader import chosen_reader_decides
-    from components.system import System
 
     adapting = trained or reader  # a knowledge spec's reader is its adapter
     adapter = adapting.path / "adapter" if adapting else None

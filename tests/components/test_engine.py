@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from adaptflow.system import Prepared, PromptTooLong
 from components.serving.engine import QueueFull, RequestTimeout
 from components.serving.grammar import GrammarError, json_grammar
 from components.serving.sampling import SamplingParams
-from components.system import Prepared, PromptTooLong
 from tests.components import test_system
 from tests.components.test_system import QUESTIONS
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from adaptflow.system import generate_texts
 from components.evaluate import EvalDataError, load_eval_items
 from components.metrics import contains_answer, exact_match
 from components.spec import TaskSpec
-from components.system import generate_texts
 from tests.conftest import make_tiny_llama
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
+from adaptflow.system import System
 from components.evaluate import forgetting, perplexity
 from components.methods import apply_method, save_adapter
 from components.spec import AdapterSpec, TaskSpec
-from components.system import System
 from tests.conftest import make_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,13 +12,13 @@ from peft import PeftModel
 from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file
 
+from adaptflow.system import System, load_system
 from components.compare import expand_variants
 from components.inspect import inspect_adapter
 from components.methods import count_parameters_meta, load_adapter
 from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, TaskSpec
-from components.system import System, load_system
 from components.train import train
 from tests.conftest import make_tiny_llama
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from adaptflow.preflight import check_before_run, check_inputs, check_registry_writable
 from components.gates import evaluate_gates
-from components.preflight import check_before_run, check_inputs, check_registry_writable
 from components.registry import Registry, RegistryError
 from components.specload import SpecError, load_spec
 from vectorstore.metrics import resolve_gold_ids, retrieval_metrics

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from adaptflow.system import System
 from components.evaluate import (
     GOLD,
     arm_parts,
@@ -21,7 +22,6 @@ from components.evaluate import (
 from components.metrics import abstained, contains_answer, is_abstention
 from components.prompting import ABSTAIN_PHRASE, CONTEXT_INSTRUCTION, with_context
 from components.spec import TaskSpec
-from components.system import System
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

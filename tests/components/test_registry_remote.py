@@ -167,7 +167,7 @@ def test_concurrent_publisher_processes(url: str, tmp_path: Path) -> None:
 
 
 def test_load_system_from_the_object_store(url: str, tmp_path: Path, tokenizer, tiny_llama_dir: Path) -> None:
-    from components.system import System, load_system
+    from adaptflow.system import System, load_system
     from tests.components.test_system import encode, make_adapter, system_logits, task_spec
 
     spec = task_spec(tiny_llama_dir, {"method": "lora", "r": 2})

@@ -1,4 +1,4 @@
-"""components.system on tiny models: shared base, adapter switching, lanes, concurrency, streaming.
+"""adaptflow.system on tiny models: shared base, adapter switching, lanes, concurrency, streaming.
 
 The oracle for every adapter arrangement is the same adapter loaded the plain way, on a fresh
 copy of the base (`PeftModel.from_pretrained` / the weights copied in): greedy answers must match.
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from adaptflow.system import System, base_loads, shared_base
 from components.data import render_prompt
 from components.methods import apply_method, load_adapter, save_adapter
 from components.models import load_model
 from components.spec import TaskSpec
-from components.system import System, base_loads, shared_base
 from tests.conftest import make_tiny_llama
 
 QUESTIONS = ["My card was charged twice.", "The app crashes on start.", "Where is my parcel?"]

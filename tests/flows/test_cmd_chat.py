@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from adaptflow.system import load_system
 from components.registry import Registry
-from components.system import load_system
 from tests.flows.serve_helpers import REPO
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from adaptflow.system import load_system
 from components.registry import Registry
-from components.system import load_system
 from flows.cli import app
 from flows.cmd_query import is_loopback
 

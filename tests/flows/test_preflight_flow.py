@@ -1,4 +1,4 @@
-"""A run checks its inputs and its registry before any model loads (components/preflight.py)."""
+"""A run checks its inputs and its registry before any model loads (adaptflow/preflight.py)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ evaluation:
 
 def test_builtin_reader_trains_once_and_a_second_spec_trains_nothing(prefect_api, isolated, make_workspace,
                                                                      tiny_llama_dir, tiny_embedder_dir):
-    from components.system import load_system
+    from adaptflow.system import load_system
     from flows.pipeline import adapt
 
     make_workspace(goal="knowledge")  # lays out data/docs and data/qa.jsonl

@@ -108,8 +108,8 @@ def _main_arm(source: Source) -> str:
 
 def evaluate_sources(sources: list[Source], composed_dir: Path, name: str) -> dict:
     """Per source: its main arm's metrics for the source and for the composed adapter, on the source's items."""
+    from adaptflow.system import System
     from components.evaluate import label_set, load_eval_items, score_arm
-    from components.system import System
 
     rows = []
     for source in sources:

@@ -1,0 +1,67 @@
+"""Generation helpers shared by the served system: batched `generate`, sampling settings, a prepared prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adaptflow.system.types import Citation
+
+__all__ = ["Prepared", "PromptTooLong", "eos_ids", "generate_texts", "sampling_kwargs"]
+
+
+def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """Greedy at temperature 0 (evaluation), sampling otherwise (the server's OpenAI parameters)."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+
+
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+                   temperature: float = 0.0, top_p: float = 1.0,
+                   on_batch: Callable[[int, int], None] | None = None) -> list[str]:
+    """Batched, left-padded generation (greedy by default); returns the new text of each prompt, in order.
+
+    Prompts are batched by token length so a batch pads to similar lengths (retrieval prompts vary by
+    hundreds of tokens); `on_batch(done, total)` reports progress after each batch.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                **sampling_kwargs(temperature, top_p),
+            )
+        new = out[:, enc["input_ids"].shape[1]:]
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+            outputs[i] = text.strip()
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)), len(order))
+    return outputs
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [ids])
+    return {i for i in ids | {tokenizer.eos_token_id} if i is not None}
+
+
+class PromptTooLong(ValueError):
+    """The prompt (with its retrieved chunks) and max_tokens do not fit the model's context (HTTP 400)."""
+
+
+@dataclass
+class Prepared:
+    """A request's prompt as token ids, with the chunks retrieved for it."""
+
+    ids: list[int]
+    citations: list[Citation]
+    retrieval_ms: float = 0.0
