@@ -9,12 +9,12 @@ evaluation). Each problem is a `SpecIssue`: the file, the line, the field and th
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import tempfile
 import uuid
 from pathlib import Path
 
+from components.evalset import eval_lines, id_spellings, resolve_gold_ids
 from components.objectstore import is_url
 from components.spec import TaskSpec
 from components.specload import SpecError, SpecIssue
@@ -77,13 +77,9 @@ def eval_rows(path: Path) -> tuple[list[tuple[int, dict]], list[SpecIssue]]:
     except OSError as exc:
         return [], [SpecIssue(file, None, "", f"cannot read it ({exc.strerror}); check evaluation.data")]
     rows, issues = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            issues.append(SpecIssue(file, lineno, "", f"not valid JSON ({exc.msg}); one object per line"))
+    for lineno, row, problem in eval_lines(text):
+        if problem is not None:
+            issues.append(SpecIssue(file, lineno, "", problem))
             continue
         problems = _row_problems(row)
         issues += [SpecIssue(file, lineno, field, message) for field, message in problems]
@@ -95,8 +91,6 @@ def eval_rows(path: Path) -> tuple[list[tuple[int, dict]], list[SpecIssue]]:
 
 
 def _closest(gold: str, doc_ids: list[str]) -> str:
-    from vectorstore.metrics import id_spellings
-
     spelled = {s: d for d in doc_ids for s in id_spellings(d)}
     near = difflib.get_close_matches(gold, list(spelled), n=6, cutoff=0.3)
     names = list(dict.fromkeys(spelled[s] for s in near))[:3] or doc_ids[:3]
@@ -105,8 +99,6 @@ def _closest(gold: str, doc_ids: list[str]) -> str:
 
 def gold_id_issues(file: str, rows: list[tuple[int, dict]], doc_ids: list[str]) -> list[SpecIssue]:
     """Each gold doc id must name exactly one document (id, path without extension, or unique stem)."""
-    from vectorstore.metrics import id_spellings, resolve_gold_ids
-
     issues = []
     for lineno, row in rows:
         gold = [str(g) for g in row.get("doc_ids") or []]

@@ -24,6 +24,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from components.evalset import (
+    EvalDataError,
+    question_key,
+    read_eval_file,
+    resolve_gold_ids,
+    retrieval_metrics,
+)
 from components.metrics import (
     abstained,
     aggregate,
@@ -43,10 +50,6 @@ LOSS_METRIC = "contains_answer"  # what the retrieval and reading losses are mea
 METRIC_ORDER = (*ANSWER_METRICS, "abstain", "hit_at_k", "mrr", "retrieval_loss", "reading_loss")
 GOLD = "gold-context"
 ADAPTER_MODELS = ("adapter", "reader")
-
-
-class EvalDataError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,7 @@ def load_eval_items(spec: TaskSpec) -> list[EvalItem]:
     """The spec's evaluation set, or the behavior eval split when none is given."""
     ev = spec.evaluation
     if ev is not None and ev.data is not None:
-        items = []
-        for n, line in enumerate(Path(ev.data).read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvalDataError(f"{ev.data} line {n}: not JSON ({exc.msg}); one object per line") from None
-                items.append(_item_from_row(row, f"{ev.data} line {n}"))
+        items = [_item_from_row(row, f"{ev.data} line {n}") for n, row in read_eval_file(ev.data)]
         if not items:
             raise EvalDataError(f"{ev.data}: no rows; add {{\"question\", \"answer\"}} lines")
         return items
@@ -179,8 +175,6 @@ def document_texts(retriever) -> dict[str, tuple[str, str]]:
 
 def gold_contexts(items: list[EvalItem], retriever) -> list[list[tuple[str, str]]]:
     """Each item's gold documents as context chunks (empty for rows without doc_ids)."""
-    from vectorstore.metrics import resolve_gold_ids
-
     docs = document_texts(retriever)
     corpus = sorted(docs)
     return [[docs[d] for d in resolve_gold_ids(i.doc_ids, corpus)[0]] for i in items]
@@ -192,8 +186,6 @@ def evaluation_half(items: list[EvalItem], retriever) -> tuple[list[EvalItem], i
     tuning = retriever.info.get("tuning") if retriever is not None else None
     if not tuning:
         return items, 0
-    from vectorstore.tune import question_key
-
     held = set(tuning["held_out"])
     kept = [i for i in items if question_key(i.query) not in held]
     return kept, len(items) - len(kept)
@@ -234,8 +226,6 @@ def score_arm(system, items: list[EvalItem], arm: str, labels: set[str] | None,
         rows.append(row)
     metrics = aggregate([{k: float(r[k]) for k in (*ANSWER_METRICS, "abstain") if k in r} for r in rows])
     if context == "retrieval" and any(i.doc_ids for i in items):
-        from vectorstore import retrieval_metrics
-
         golds = [(i.doc_ids, [h.doc_id for h in hs]) for i, hs in zip(items, hits, strict=True) if i.doc_ids]
         rm = retrieval_metrics([g[1] for g in golds], [g[0] for g in golds], k=system.top_k)
         metrics |= {"hit_at_k": rm["hit_at_k"], "mrr": rm["mrr"]}

@@ -43,7 +43,7 @@ def sample(items: list, n: int = PROBE_ITEMS) -> list:
 
 def gold_hits(retriever, item, k: int) -> list:
     """The gold documents' chunks as context: those retrieval ranks highest, else the first ones."""
-    from vectorstore.metrics import resolve_gold_ids
+    from components.evalset import resolve_gold_ids
 
     docs = sorted({r["doc_id"] for r in retriever.rows.values()})
     gold, _ = resolve_gold_ids(list(item.doc_ids), docs)

@@ -1,117 +1,16 @@
-"""Retrieval metrics against gold document ids: hit@k, recall@k, MRR, nDCG (binary relevance).
+"""Retrieval scored against gold document ids: a retriever run over the evaluation questions.
 
-Retrieval returns chunks; metrics are over documents. Within the top k chunks, a document
-counts at the rank of its first chunk, and later chunks of the same document count as
-non-relevant (so nDCG stays <= 1 and a document is never credited twice). Queries without
-gold ids are skipped and counted as `skipped`.
-
-A gold id may be written as the document id, or for a file as its path relative to documents/
-without the extension, or as its stem when no other file shares it; `resolve_gold_ids` is the
-rule `adaptflow validate` applies, so an id that names no document is an error, never a silent 0.
+The evaluation file's parser, the gold-id rule and the metrics themselves live in the floor module
+`components.evalset`, shared with the evaluation and `adaptflow validate`; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any
 
-TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+from components.evalset import id_spellings, read_eval_rows, resolve_gold_ids, retrieval_metrics
 
-
-def id_spellings(doc_id: str) -> list[str]:
-    """How a gold `doc_ids` entry may name this document: its id; for a file, the path relative to
-    documents/ without its extension, and the file's stem (accepted only where unique: `resolve_gold_ids`)."""
-    out = [doc_id]
-    if doc_id.lower().endswith(TEXT_SUFFIXES):
-        bare = doc_id.rsplit(".", 1)[0]
-        out += [bare, bare.rsplit("/", 1)[-1]]
-    return list(dict.fromkeys(out))
-
-
-def resolve_gold_ids(gold: list[str], doc_ids: list[str]) -> tuple[list[str], list[str]]:
-    """(gold ids mapped to document ids, the gold ids that name no document or more than one).
-
-    An exact id always wins; then the path without extension; then a stem shared by no other file."""
-    table: dict[str, set[tuple[int, str]]] = {}
-    for doc_id in doc_ids:
-        for level, spelling in enumerate(id_spellings(doc_id)):
-            table.setdefault(spelling, set()).add((level, doc_id))
-    resolved, unknown = [], []
-    for g in gold:
-        found = table.get(str(g), set())
-        best = min((level for level, _ in found), default=None)
-        names = sorted(d for level, d in found if level == best)
-        (resolved.append(names[0]) if len(names) == 1 else unknown.append(str(g)))
-    return resolved, unknown
-
-
-def _names(gold: str, doc: str) -> bool:
-    return gold == doc or gold in id_spellings(doc)[1:]
-
-
-def _first_ranks(retrieved: list[str], gold: list[str], k: int) -> list[int]:
-    """1-based ranks, within the top k, where a gold document first appears (each gold entry credited once;
-    a gold entry may use any spelling of `id_spellings`)."""
-    seen: set[str] = set()
-    open_gold = list(gold)
-    ranks = []
-    for rank, doc in enumerate(retrieved[:k], start=1):
-        match = next((g for g in open_gold if _names(g, doc)), None) if doc not in seen else None
-        if match is not None:
-            ranks.append(rank)
-            open_gold.remove(match)
-        seen.add(doc)
-    return ranks
-
-
-def retrieval_metrics(retrieved_doc_ids: list[list[str]], gold_doc_ids: list[list[str]], k: int) -> dict[str, Any]:
-    """Mean hit@k, recall@k, MRR@k and nDCG@k over queries that have gold ids."""
-    if len(retrieved_doc_ids) != len(gold_doc_ids):
-        raise ValueError(f"{len(retrieved_doc_ids)} retrieved lists but {len(gold_doc_ids)} gold lists; pass one per query")
-    hit = recall = rr = ndcg = 0.0
-    n = 0
-    for retrieved, gold_list in zip(retrieved_doc_ids, gold_doc_ids, strict=True):
-        gold = list(dict.fromkeys(gold_list))
-        if not gold:
-            continue
-        n += 1
-        ranks = _first_ranks(retrieved, gold, k)
-        hit += 1.0 if ranks else 0.0
-        recall += len(ranks) / len(gold)
-        rr += 1.0 / ranks[0] if ranks else 0.0
-        ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(gold), k) + 1))
-        ndcg += sum(1.0 / math.log2(r + 1) for r in ranks) / ideal
-    mean = (lambda x: round(x / n, 4)) if n else (lambda x: 0.0)
-    return {"k": k, "queries": n, "skipped": len(gold_doc_ids) - n,
-            "hit_at_k": mean(hit), "recall_at_k": mean(recall), "mrr": mean(rr), "ndcg": mean(ndcg)}
-
-
-def question_of(row: dict[str, Any]) -> str | None:
-    """The query text of an evaluation row: `question`, or the last user message of `messages`."""
-    if isinstance(row.get("question"), str):
-        return row["question"]
-    for message in reversed(row.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return str(message.get("content", ""))
-    return None
-
-
-def read_eval_rows(path: Path) -> list[tuple[str, list[str]]]:
-    """(question, gold doc ids) for every row of an evaluation jsonl that has both."""
-    out = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {lineno}: not valid JSON ({exc.msg}); fix the line") from None
-        question, gold = question_of(row), row.get("doc_ids")
-        if question and gold:
-            out.append((question, [str(g) for g in gold]))
-    return out
+__all__ = ["evaluate_retrieval", "id_spellings", "read_eval_rows", "resolve_gold_ids", "retrieval_metrics"]
 
 
 def evaluate_retrieval(retriever: Any, rows: list[tuple[str, list[str]]], k: int) -> dict[str, Any]:

@@ -13,20 +13,16 @@ then the higher MRR. Explicit values in the spec are kept as given.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.evalset import question_key
 from components.spec import ChunkingSpec, KnowledgeSpec
 
 SIZES = (100, 200, 400)  # embedder tokens; overlap is a fifth of the size
 TOP_KS = (2, 3, 4)
 RECALL_SLACK = 0.02
-
-
-def question_key(question: str) -> str:
-    return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
 def is_held_out(question: str) -> bool:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from adaptflow.preflight import check_before_run, check_inputs, check_registry_writable
+from components.evalset import resolve_gold_ids, retrieval_metrics
 from components.gates import evaluate_gates
 from components.registry import Registry, RegistryError
 from components.specload import SpecError, load_spec
-from vectorstore.metrics import resolve_gold_ids, retrieval_metrics
 
 
 @pytest.fixture
