@@ -24,6 +24,11 @@ class Route:
 
 def route(spec: TaskSpec) -> Route:
     """Obey an explicit goal; for `auto`, decide from what the spec declares and say why."""
+    if spec.knowledge is not None and spec.knowledge.inject != "rag":
+        inject = spec.knowledge.inject
+        reasons = [f"knowledge.inject is '{inject}': the documents are trained into an adapter"
+                   + (" and retrieved from an index" if inject == "both" else " (no index)")]
+        return Route(True, inject == "both", reasons)
     if spec.goal != "auto":
         reasons = [f"goal is '{spec.goal}' in the spec"]
         return Route(spec.goal in {"behavior", "both"}, spec.goal in {"knowledge", "both"}, reasons)

@@ -445,8 +445,29 @@ IndexSpec = Annotated[
 ]
 
 
+KNOWLEDGE_FT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class KnowledgeFinetuneSpec(Strict):
+    """How `inject: finetune | both` trains the documents into the model (docs/knowledge-injection.md)."""
+
+    data: SpecPath | None = Field(
+        None, description="question-answer pairs ({\"question\", \"answer\"} per line) to train on; "
+                          "default: continued pretraining on the documents' chunks, chunked like the index")
+    adapter: Annotated[LoraSpec | FullSpec, Field(discriminator="method")] = Field(
+        LoraSpec(r=64, alpha=128, dropout=0.0, target_modules=KNOWLEDGE_FT_MODULES),
+        description="a high-rank LoRA on every linear layer (default), or {method: full}")
+    training: TrainingSpec = Field(
+        TrainingSpec(epochs=8, batch_size=8, lr=1.0e-3, max_seq_len=256, warmup_ratio=0.05),
+        description="defaults sized for the built-in 135M model on a few dozen documents")
+
+
 class KnowledgeSpec(Strict):
     documents: SpecPath
+    inject: Literal["rag", "finetune", "both"] = Field(
+        "rag", description="rag: retrieve the documents at query time (an index); finetune: train them into an adapter "
+                           "(`finetune:`); both: the trained adapter and the index")
+    finetune: KnowledgeFinetuneSpec = KnowledgeFinetuneSpec()
     chunking: ChunkingSpec = ChunkingSpec()
     embedder: str = Field(BUILTIN_EMBEDDER, description="built-in alias, Hugging Face id, or a local folder")
     index: IndexSpec = AutoIndexSpec()
@@ -613,12 +634,38 @@ class TaskSpec(Strict):
                 f"knowledge.reader is '{self.knowledge.reader}' but the spec trains its own adapter (`behavior:`), "
                 "and one system carries one adapter; remove knowledge.reader or the behavior section"
             )
+        if self.knowledge is not None and self.knowledge.inject != "rag":
+            self._check_inject()
         if self.compare is not None and self.behavior is None:
             raise ValueError(
                 "compare is declared but the `behavior:` section is missing (compare varies behavior.adapter); "
                 "add behavior or remove compare"
             )
         return self
+
+    def _check_inject(self) -> None:
+        inject = self.knowledge.inject
+        if self.behavior is not None:
+            raise ValueError(
+                f"knowledge.inject is '{inject}', which trains the documents into the system's adapter, but the spec "
+                "also trains a `behavior:` adapter, and one system carries one adapter; use inject: rag, or move the "
+                "behavior examples to another spec and compose the two (adaptflow compose)"
+            )
+        if self.goal == "behavior":
+            raise ValueError(f"knowledge.inject is '{inject}' but goal is 'behavior'; set goal to knowledge or auto")
+        pairs = self.knowledge.finetune.data
+        if pairs is not None and self.evaluation is not None and self.evaluation.data is not None \
+                and Path(pairs).resolve() == Path(self.evaluation.data).resolve():
+            raise ValueError(
+                "knowledge.finetune.data is the evaluation set: trained on its own answers the score measures recall of "
+                "the answers, not of the documents; give finetune.data a separate file of question-answer pairs, or "
+                "remove it to train on the documents' chunks"
+            )
+        if self.evaluation is None or self.evaluation.data is None:
+            raise ValueError(
+                f"knowledge.inject is '{inject}': the trained documents are scored on the evaluation questions, "
+                "but evaluation.data is missing; add `evaluation: {data: qa.jsonl}`"
+            )
 
     def _check_quantization(self) -> None:
         method = self.behavior.adapter.method if self.behavior else None

@@ -41,6 +41,8 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
             out["behavior.eval"] = path_digest(spec.behavior.data.eval)
     if spec.knowledge is not None:
         out["knowledge.documents"] = path_digest(spec.knowledge.documents)
+        if spec.knowledge.finetune.data is not None:
+            out["knowledge.finetune.data"] = path_digest(spec.knowledge.finetune.data)
     if spec.evaluation is not None:
         for field in ("data", "forgetting_text"):
             if (path := getattr(spec.evaluation, field)) is not None:
@@ -97,7 +99,8 @@ def tune_rows(spec: TaskSpec) -> list[tuple[str, list[str]]] | None:
 def index_key(spec: TaskSpec) -> str:
     import vectorstore
 
-    section = {k: v for k, v in _section(spec.knowledge).items() if k != "reader"}  # the reader is its own stage
+    # the reader is its own stage; inject / finetune say what else is trained, not how the index is built
+    section = {k: v for k, v in _section(spec.knowledge).items() if k not in ("reader", "inject", "finetune")}
     tuning = tune_rows(spec)  # unset settings are measured on these questions: they are an input then
     return digest("index", section, vectorstore.corpus_hash(spec.knowledge),
                   code_version(vectorstore, *_package_modules(vectorstore)),
@@ -116,7 +119,8 @@ def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> 
 
 def wants_probe(spec: TaskSpec) -> bool:
     """`goal: auto` with an evaluation set: the route is measured (components.probe), not read off the spec."""
-    return spec.goal == "auto" and spec.evaluation is not None
+    declared = spec.knowledge is not None and spec.knowledge.inject != "rag"  # inject says what is built
+    return spec.goal == "auto" and spec.evaluation is not None and not declared
 
 
 def probe_key(spec: TaskSpec) -> str:
@@ -144,7 +148,10 @@ def cached_route(spec: TaskSpec) -> Route:
 
 def stage_keys(spec: TaskSpec) -> dict[str, str]:
     """Every stage's key for this spec, as `adapt` computes them, without running anything."""
+    from adaptflow.inject import trainee
+
     decision = cached_route(spec)
+    spec = trainee(spec)  # knowledge.inject finetune/both: the documents as training data
     out: dict[str, str] = {}
     if decision.behavior:
         out["train"] = train_key(spec)

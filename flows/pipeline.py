@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from adaptflow.inject import trainee
 from components.reader import reader_mode
 from components.route import Route, route
 from components.spec import TaskSpec
@@ -270,11 +271,12 @@ def adapt(spec_path: str, workspace: str | None = None) -> str:
     decision, prebuilt_index, evidence = measured_route(spec)
     progress = artifacts.start_run_progress(
         spec.name, [s for s, on in (("train", decision.behavior), ("index", decision.knowledge), ("eval", True)) if on])
+    trains = trainee(spec)  # knowledge.inject finetune/both: the documents as the adapter's data (adaptflow.inject)
     try:
-        trained = _noted(progress, behavior_flow(spec)) if decision.behavior else None
+        trained = _noted(progress, behavior_flow(trains)) if decision.behavior else None
         indexed = _noted(progress, prebuilt_index or knowledge_flow(spec)) if decision.knowledge else None
-        reader = reader_flow(spec) if decision.knowledge and reader_mode(spec) else None
-        evaluated = _noted(progress, evaluation_flow_stage(spec, decision, trained, indexed, reader))
+        reader = reader_flow(spec) if decision.knowledge and reader_mode(trains) else None
+        evaluated = _noted(progress, evaluation_flow_stage(trains, decision, trained, indexed, reader))
     finally:
         artifacts.end_run_progress()
     version, gates, report = register(spec, decision, trained or shipped_reader(evaluated, reader), indexed,
