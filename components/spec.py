@@ -458,7 +458,7 @@ class KnowledgeFinetuneSpec(Strict):
         LoraSpec(r=64, alpha=128, dropout=0.0, target_modules=KNOWLEDGE_FT_MODULES),
         description="a high-rank LoRA on every linear layer (default), or {method: full}")
     training: TrainingSpec = Field(
-        TrainingSpec(epochs=8, batch_size=8, lr=1.0e-3, max_seq_len=256, warmup_ratio=0.05),
+        TrainingSpec(epochs=4, batch_size=8, lr=1.0e-3, max_seq_len=192, warmup_ratio=0.05),
         description="defaults sized for the built-in 135M model on a few dozen documents")
 
 

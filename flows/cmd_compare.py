@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from components.compare import SELECT_RULES, CompareError, check_select_rule, expand_variants
+from components.compare import (
+    SELECT_RULES,
+    CompareError,
+    check_select_rule,
+    expand_variants,
+    knowledge_comparison,
+)
+from components.compare.knowledge import arm_specs
 from components.specload import SpecError, load_spec
 from flows import console
 from flows.options import RootOpt, VerboseOpt, WorkspaceOpt
@@ -37,11 +44,14 @@ def compare(
     try:
         if select is not None:
             check_select_rule(select, "--select")
-        variants = expand_variants(load_spec(spec, workspace), wanted)  # fail fast, before Prefect starts
+        loaded = load_spec(spec, workspace)
+        knowledge = knowledge_comparison(loaded) and not wanted
+        # fail fast, before Prefect starts
+        ids = [a for a, _ in arm_specs(loaded)] if knowledge else [v.id for v in expand_variants(loaded, wanted)]
     except (SpecError, CompareError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"comparing {len(variants)} variants: {', '.join(v.id for v in variants)}")
+    typer.echo(f"comparing {'knowledge injection' if knowledge else str(len(ids)) + ' variants'}: {', '.join(ids)}")
     log = console.setup("compare", verbose)
     console.install_sigterm()
     if root is not None:
@@ -62,5 +72,7 @@ def compare(
                    "run the same command again to continue", err=True)
         raise typer.Exit(console.EXIT_TERMINATED if sigterm else console.EXIT_INTERRUPTED) from None
     typer.echo(Path(out["markdown"]).read_text())
-    typer.echo(f"report: {out['report']}\nchart: {out['chart']}\ncomparison: {out['comparison']}")
-    typer.echo(f"selected: {out['selected'] or 'none'} ({out['selection']['reason']})")
+    typer.echo(f"report: {out['report']}" + (f"\nchart: {out['chart']}" if out["chart"] else "")
+               + f"\ncomparison: {out['comparison']}")
+    if not knowledge:
+        typer.echo(f"selected: {out['selected'] or 'none'} ({out['selection']['reason']})")

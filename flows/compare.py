@@ -236,6 +236,10 @@ def compare(spec_path: str, methods: list[str] | None = None, workspace: str | N
     Returns {"comparison": NAME--compare@vN, "selected": NAME@vN or None, "report": ..., "chart": ..., "markdown": ...}.
     """
     spec = load_task_spec(spec_path, workspace)
+    if cmp.knowledge_comparison(spec) and not methods:  # documents, no behavior: rag against finetune-on-docs
+        from flows.compare_knowledge import compare_knowledge
+
+        return compare_knowledge(spec)
     variants = cmp.expand_variants(spec, methods)
     rule = cmp.check_select_rule(select or (spec.compare.select if spec.compare else "best_score"))
     decision = decide_route(spec)

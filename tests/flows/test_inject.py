@@ -129,3 +129,31 @@ def test_both_trains_and_indexes_and_pairs_are_prompted_as_the_evaluation(prefec
     assert {"adapter", "adapter+retrieval", "base+retrieval"} <= set(report["arms"])
     assert version.manifest["route"]["decision"] == "both"
     assert "knowledge.finetune.data" in version.manifest["data_hashes"]
+
+
+def test_compare_on_a_knowledge_spec_measures_rag_against_finetune_on_docs(prefect_api, make_workspace, isolated):
+    from components.compare.knowledge import UPDATE_NOTE
+    from flows.compare import compare
+
+    spec_path = knowledge_spec(make_workspace(goal="both"), "rag", name="tiny-lore")
+    out = compare(str(spec_path))
+    report = json.loads(Path(out["report"]).read_text())
+    rows = {r["arm"]: r for r in report["rows"]}
+    assert list(rows) == ["rag", "finetune-on-docs", "both"] and not any(r["error"] for r in rows.values())
+    assert rows["rag"]["main_arm"] == "base+retrieval" and rows["rag"]["train_seconds"] is None  # no reader on a tiny base
+    assert rows["finetune-on-docs"]["main_arm"] == "adapter" and rows["finetune-on-docs"]["forgetting"] is not None
+    assert rows["both"]["main_arm"] in ("adapter+retrieval", "base+retrieval")
+    assert all(rows[a]["contains_answer"] is not None for a in rows)
+    # adding one changed document, measured both ways: the index updated in place, the adapter retrained
+    update = report["update"]
+    assert update["reindex"]["mode"] == "incremental" and update["reindex"]["counts"]["kept"] > 0
+    assert update["retrain"]["steps"] == 4 and update["retrain"]["seconds"] > 0
+    assert rows["both"]["update_seconds"] == round(update["reindex"]["seconds"] + update["retrain"]["seconds"], 2)
+    registry = Registry()
+    for arm, row in rows.items():
+        version = registry.open(row["ref"])
+        assert version.manifest["spec"]["knowledge"]["inject"] == {"rag": "rag", "finetune-on-docs": "finetune",
+                                                                    "both": "both"}[arm]
+        assert (version.path / "adapter").is_dir() == (arm != "rag")
+    assert UPDATE_NOTE not in (isolated / "data" / "docs" / "choir.md").read_text()  # the user's documents untouched
+    assert "| finetune-on-docs | finetune | adapter |" in Path(out["markdown"]).read_text()
