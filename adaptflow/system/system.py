@@ -43,8 +43,8 @@ class System:
         self.ref, self.spec = ref, spec
         self.method = spec.behavior.adapter.method if (spec.behavior and adapter_dir) else None
         if adapter_dir is not None and spec.behavior is None:  # a knowledge spec's reader, or its trained documents
-            injected = spec.knowledge is not None and spec.knowledge.inject != "rag"
-            self.method = spec.knowledge.finetune.adapter.method if injected else peft_type(Path(adapter_dir)).lower()
+            trained_docs = spec.knowledge is not None and spec.knowledge.inject != "rag"
+            self.method = spec.knowledge.finetune.adapter.method if trained_docs else peft_type(Path(adapter_dir)).lower()
         self.adapter_name: str | None = None
         self.top_k = spec.knowledge.top_k if spec.knowledge else 4
         self.max_new_tokens = spec.evaluation.max_new_tokens if spec.evaluation else 48
