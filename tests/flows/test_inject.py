@@ -76,10 +76,10 @@ def test_chunk_rows_are_the_index_chunks(make_workspace, isolated):
 
 
 def test_finetune_trains_the_documents_evaluates_and_registers_a_vanilla_peft_adapter(prefect_api, make_workspace, isolated):
-    from components.system import load_system
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from adaptflow import load_system
     from flows.pipeline import adapt
 
     spec_path = knowledge_spec(make_workspace(goal="both"), "finetune")
