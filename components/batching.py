@@ -15,7 +15,7 @@ t+1 of the same example), so no position predicts across an example boundary or 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -113,15 +113,18 @@ def collate(items: list[TokenizedExample], pad_id: int, max_seq_len: int, packed
 
 def micro_batches(
     examples: list[TokenizedExample], batch_size: int, seed: int, packed: bool, max_seq_len: int, pad_id: int,
-    start: tuple[int, int] = (0, 0),
-) -> Iterator[tuple[int, int, Batch]]:
-    """An endless stream of (epoch, index in epoch, Batch), starting at data position `start`."""
+    start: tuple[int, int] = (0, 0), shard: Callable[[list[int]], list[int]] | None = None,
+) -> Iterator[tuple[int, int, Batch | None]]:
+    """An endless stream of (epoch, index in epoch, Batch), starting at data position `start`. With `shard`
+    (one training process's share of a micro-batch's example indices), the Batch holds that share only:
+    None when the share is empty (the short last micro-batch of an epoch, on more processes than it has rows)."""
     lengths = [len(e) for e in examples]
     epoch, index = start
     while True:
         batches = epoch_batches(lengths, batch_size, seed, epoch, group_by_length=not packed)
         for i in range(index, len(batches)):
-            yield epoch, i, collate([examples[j] for j in batches[i]], pad_id, max_seq_len, packed)
+            chosen = shard(batches[i]) if shard is not None else batches[i]
+            yield epoch, i, collate([examples[j] for j in chosen], pad_id, max_seq_len, packed) if chosen else None
         epoch, index = epoch + 1, 0
 
 

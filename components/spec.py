@@ -330,6 +330,17 @@ WEIGHT_METHODS = {"full", "selective"}  # train base tensors: no 4/8-bit base, a
 NO_CHECKPOINTING = {"prefix_tuning"}  # its prefix is passed as past key values, which checkpointed layers drop
 
 
+class DistributedSpec(Strict):
+    processes: int = Field(
+        1, ge=1, le=4096, description="training processes (ranks) that `accelerate launch` starts around the same "
+        "loop: gloo on CPU, NCCL on GPUs (one GPU per process); the global batch stays batch_size x grad_accum"
+    )
+    config: SpecPath | None = Field(
+        None, description="an accelerate config file (`accelerate config`): machines, ranks, main process address; "
+        "passed to `accelerate launch --config_file` as is (docs/scale.md)"
+    )
+
+
 class TrainingSpec(Strict):
     epochs: float = Field(2, gt=0, le=10_000)
     max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="overrides epochs when set")
@@ -356,6 +367,23 @@ class TrainingSpec(Strict):
         "the activation memory; auto = on when the activation estimate is over 25% of the device's memory, or "
         "over the weights' memory on a quantized base (docs/memory.md)"
     )
+    distributed: DistributedSpec | None = Field(
+        None, description="train on several processes through accelerate; default: one process (docs/scale.md)"
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainingSpec:
+        n = self.distributed.processes if self.distributed else 1
+        if self.batch_size % n:
+            fits = ", ".join(str(k) for k in range(1, self.batch_size + 1) if self.batch_size % k == 0)
+            raise ValueError(
+                f"training.batch_size ({self.batch_size}) does not split over training.distributed.processes ({n}): "
+                f"every micro-batch of {self.batch_size} examples is shared evenly between the processes, so that the "
+                f"global batch (batch_size x grad_accum = {self.batch_size * self.grad_accum}) stays what the spec says; "
+                f"set batch_size to a multiple of {n} (e.g. {self.batch_size + n - self.batch_size % n}) or processes "
+                f"to one of {fits}"
+            )
+        return self
 
 
 class BehaviorSpec(Strict):

@@ -14,6 +14,11 @@ micro-batches, divided once), computed on answer positions only (`logits_to_keep
 and padded batches give the same loss. Resume: the newest intact checkpoint in
 `out_dir/checkpoints/` restores tensors, optimizer, scheduler, RNG and data position, so a
 killed run finishes with the same adapter as an uninterrupted one.
+
+On several processes (`training.distributed`, launched by components.distributed) the same loop runs on
+every rank: each takes its share of every micro-batch, the loss is divided by the step's answer tokens
+summed over all ranks and the gradients are summed over ranks, so the step equals one process's; only
+rank 0 evaluates and writes checkpoints, the adapter and the record.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from peft import PeftMixedModel, PeftModel
 from tqdm.auto import tqdm
 
-from components import checkpoint, memory, methods
+from components import checkpoint, distributed, memory, methods
 from components.batching import Batch, eval_batches, micro_batches
 from components.data import (
     IGNORE_INDEX,
@@ -108,6 +113,7 @@ class TrainRecord:
     precision: dict = field(default_factory=dict)  # requested, compute dtype, device
     gradient_checkpointing: dict = field(default_factory=dict)  # requested, enabled, why, memory estimate
     peak_device_memory_mb: float | None = None  # torch.cuda.max_memory_allocated on a GPU
+    processes: int = 1  # training processes (components.distributed); the global batch is the same
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -296,6 +302,10 @@ def train(
     """Apply `behavior.adapter` to `model` (as `load_model` returns it, in `training.precision`), train, save,
     check. A failed generation check raises GenerationCheckError after the adapter and record are saved."""
     started, spec, out_dir = time.time(), behavior.training, Path(out_dir)
+    ranks = distributed.current()  # one process, or this rank of `accelerate launch` (components.distributed)
+    if spec.batch_size % ranks.world:
+        raise ValueError(f"training.batch_size ({spec.batch_size}) does not split over {ranks.world} processes; "
+                         f"set it to a multiple of {ranks.world}")
     precision = resolve_precision(spec.precision, _device(model).type)
     data = data or prepare_data(behavior, tokenizer)
     per_epoch, total = plan_steps(len(data.train), spec)
@@ -304,7 +314,8 @@ def train(
     prompts = [prompt_messages(e) for e in (data.eval_examples or data.train_examples)[:GENERATION_PROMPTS]]
     weights_method = behavior.adapter.method in WEIGHT_METHODS
     tolerance = precision.logit_tolerance
-    base_outputs = greedy(model, tokenizer, prompts, tolerance=tolerance) if weights_method else None  # base changes in place
+    base_outputs = (greedy(model, tokenizer, prompts, tolerance=tolerance)  # the base changes in place
+                    if weights_method and ranks.is_main else None)
     if _device(model).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -335,30 +346,44 @@ def train(
     eval_every = spec.eval_every or per_epoch
     ckpt_every = spec.checkpoint_every or max(10, total // 5)
     stream = micro_batches(data.train.examples, spec.batch_size, spec.seed, packed, spec.max_seq_len, pad_id,
-                           start=(state["epoch"], state["index"]))
-    bar = tqdm(total=total, initial=state["step"], desc=f"train {behavior.adapter.method}", unit="step", dynamic_ncols=True)
+                           start=(state["epoch"], state["index"]), shard=ranks.shard if ranks.world > 1 else None)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {behavior.adapter.method}", unit="step",
+               dynamic_ncols=True, disable=not ranks.is_main)
     run_tokens, run_seconds, first_step = 0, 0.0, state["step"]
 
     # train
     model.train()
     while state["step"] < total:
         step_start = time.time()
+        if ranks.world > 1:  # each rank's dropout draws its own masks, the same after a resume
+            torch.manual_seed(spec.seed + 1_000_003 * (state["step"] + 1) + ranks.rank)
         batches = [next(stream) for _ in range(spec.grad_accum)]
-        n_targets = sum(b.n_targets for _, _, b in batches)
+        # divide by the answer tokens of the whole step on all ranks: summed over ranks, the gradient is one process's
+        n_targets = ranks.sum(sum(b.n_targets for _, _, b in batches if b is not None))[0]
         step_loss = 0.0
         for _, _, batch in batches:
-            loss = batch_loss(model, batch, precision) / max(1, n_targets)
+            loss = batch_loss(model, batch, precision) / max(1, n_targets) if batch is not None else None
             extra = methods.extra_loss(model)
             if extra is not None:
-                loss = loss + extra / spec.grad_accum
-            if not torch.isfinite(loss):
+                extra = extra / (spec.grad_accum * ranks.world)
+                loss = extra if loss is None else loss + extra
+            if loss is None:  # this rank's share of the micro-batch is empty
+                continue
+            if ranks.world == 1 and not torch.isfinite(loss):
                 _diverged(state, out_dir, last, f"training loss is {loss.item()}", spec)
             scaler.scale(loss).backward()
             step_loss += loss.item()
+        tokens = sum(b.n_tokens for _, _, b in batches if b is not None)
+        if ranks.world > 1:
+            step_loss, tokens = ranks.sum(step_loss, tokens)
+            tokens = int(tokens)
+            if not math.isfinite(step_loss):  # every rank sees the same sum, so all stop together
+                _diverged(state, out_dir, last, f"training loss is {step_loss}", spec, write=ranks.is_main)
+            ranks.sum_grads(list(named.values()))
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips the step, backs off
-            _diverged(state, out_dir, last, f"gradient norm is {grad_norm.item()}", spec)
+            _diverged(state, out_dir, last, f"gradient norm is {grad_norm.item()}", spec, write=ranks.is_main)
         scaler.step(optimizer)
         scaler.update()
         methods.after_optimizer_step(model, state["step"] + 1)
@@ -367,20 +392,21 @@ def train(
 
         epoch, index, _ = batches[-1]
         state.update(step=state["step"] + 1, epoch=epoch, index=index + 1)
-        tokens = sum(b.n_tokens for _, _, b in batches)
         run_tokens, run_seconds = run_tokens + tokens, run_seconds + time.time() - step_start
         state["tokens"] += tokens
         state["train_seconds"] += time.time() - step_start
         state["loss_curve"].append([state["step"], step_loss])
         step = state["step"]
-        if data.eval is not None and (step % eval_every == 0 or step == total):
+        if data.eval is not None and ranks.is_main and (step % eval_every == 0 or step == total):
             state["eval_history"].append([step, evaluate_loss(model, data.eval, spec, packed, pad_id, precision)])
             bar.write(f"[adaptflow] step {step}/{total}: train loss {step_loss:.4f}, eval loss {state['eval_history'][-1][1]:.4f}")
-        if step % ckpt_every == 0 or step == total:
+        if (step % ckpt_every == 0 or step == total) and ranks.is_main:  # the ranks hold the same state
             method_tensors, method_meta = methods.method_state(model)
             last = checkpoint.save_checkpoint(ckpt_dir, step, params=named, optimizer=optimizer, scheduler=scheduler,
                                               trainer_state=state, method_tensors=method_tensors, method_meta=method_meta)
             _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
+        if step % ckpt_every == 0 or step == total:
+            ranks.barrier()
         metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": run_tokens / max(run_seconds, 1e-9),
                    "epoch": epoch + (index + 1) / math.ceil(len(data.train) / spec.batch_size),
                    "eval_loss": state["eval_history"][-1][1] if state["eval_history"] else None,
@@ -393,11 +419,13 @@ def train(
 
     # save, then check: a failed check keeps the adapter and says what was compared
     adapter_dir = out_dir / "adapter"
-    tmp = out_dir / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    methods.save_adapter(model, behavior.adapter, tmp)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp, adapter_dir)
+    if ranks.is_main:
+        tmp = out_dir / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        methods.save_adapter(model, behavior.adapter, tmp)
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        os.replace(tmp, adapter_dir)
+    ranks.barrier()  # the other ranks wait for rank 0's adapter
     trainable, all_params = methods.count_parameters(model)
     record = TrainRecord(
         method=behavior.adapter.method, seed=spec.seed, steps=total, epochs=total / per_epoch,
@@ -412,7 +440,10 @@ def train(
         generation={"passed": None, "pending": "the generation check runs after the adapter is saved"},
         precision=precision.to_dict(), gradient_checkpointing=checkpointing,
         peak_device_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if precision.device.startswith("cuda") else None,
+        processes=ranks.world,
     )
+    if not ranks.is_main:  # rank 0 writes the record and checks generation
+        return record
     _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
     _write_json(out_dir / "train_record.json", record.to_dict())
     if checkpointing["enabled"]:
@@ -449,10 +480,13 @@ def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision:
             "estimate_without_mb": round(without.total_mb, 1)}
 
 
-def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec) -> None:
-    _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
-                                           "diverged_at_step": state["step"] + 1})
-    good = checkpoint.record_divergence(out_dir / "checkpoints", state["step"] + 1, what, spec.lr)
+def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec, write: bool = True) -> None:
+    if write:  # rank 0 of several processes, or the only one
+        _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
+                                               "diverged_at_step": state["step"] + 1})
+        good = checkpoint.record_divergence(out_dir / "checkpoints", state["step"] + 1, what, spec.lr)
+    else:
+        good = checkpoint.latest_checkpoint(out_dir / "checkpoints", log=lambda _msg: None)
     kept = f"kept the last good checkpoint {good}" if good else "no good checkpoint had been written yet"
     raise TrainingDivergedError(
         f"step {state['step'] + 1}: {what}; the run stopped and {kept}. Lower training.lr from {spec.lr:g} to "

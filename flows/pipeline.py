@@ -85,10 +85,15 @@ def measured_route(spec: TaskSpec) -> tuple[Route, StageResult | None, dict | No
 
 
 def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
-    """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process)."""
+    """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process);
+    `training.distributed` runs the same loop on several processes through `accelerate launch`, followed here."""
+    from components import distributed
     from components.models import load_model, load_tokenizer, resolve_model
     from components.train import prepare_data, train
 
+    if distributed.wanted(spec):
+        record = distributed.launch(spec, store().work("train", key), progress=progress)
+        return store().commit("train", key, {"record": record}, keep=("adapter", "train_record.json"))
     resolved = resolve_model(spec.base_model)
     tokenizer = load_tokenizer(spec.base_model, resolved)
     data = prepare_data(spec.behavior, tokenizer)  # bad data fails here, before the model loads

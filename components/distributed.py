@@ -1,0 +1,295 @@
+"""Training on several processes: `accelerate launch` around the one loop in components.train.
+
+    parent (a flow task, a bench, a test): launch(spec, out_dir) writes job.json, starts
+        python -m components.distributed launch  ->  accelerate launch (torchrun) -> N ranks
+        each rank: python -m components.distributed rank job.json  ->  components.train.train(...)
+    and follows it: rank 0's progress lines are relayed, a failure comes back as the rank's own error,
+    and any exit of the parent (an error, Ctrl-C, SIGTERM) stops the launcher and every rank.
+
+Inside the loop (components.train) a `Ranks` says who this process is. Each optimizer step's micro-batches
+are the single-process ones, split by rank (`shard`); the loss is divided by the answer-token count summed
+over all ranks, and the gradients are summed over ranks once per step (`sum_grads`), so every rank holds the
+gradient one process would compute and takes the same optimizer step. Only rank 0 writes checkpoints, the
+adapter and the record; the others wait at a barrier.
+
+No rank outlives its parent: the launcher and each rank ask Linux for a signal when their parent dies
+(PR_SET_PDEATHSIG), so a SIGKILLed flow process leaves no trainer behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROGRESS = "ADAPTFLOW_DDP_PROGRESS "  # rank 0's stdout line carrying training progress as JSON
+ERROR_FILE = "rank-error.json"  # rank 0's failure, re-raised by the parent as the same kind of error
+LOG_FILE = "launch.log"
+LOG_TAIL = 40
+STOP_GRACE_S = 15.0
+
+
+class DistributedLaunchError(RuntimeError):
+    """The launcher or a rank failed without a recorded error; the message carries the log tail."""
+
+
+# --- inside the loop -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes (one process: rank 0 of 1, every call a no-op)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"  # where collective tensors live: cuda for NCCL, cpu for gloo
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list) -> list:
+        """This rank's share of a micro-batch: every world-th item (length-sorted batches stay balanced)."""
+        return items[self.rank::self.world]
+
+    def sum(self, *values: float) -> list[float]:
+        """The sums over ranks of a few numbers (float64)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def sum_grads(self, params: list[torch.Tensor]) -> None:
+        """Sum every trainable gradient over ranks in one flat all-reduce (a missing grad counts as zero)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        torch.distributed.all_reduce(flat)
+        at = 0
+        for p, g in zip(params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[at:at + n].view_as(p).to(p.dtype)
+            at += n
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def current() -> Ranks:
+    """The process group set up by `accelerate launch` (PartialState), or one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    return Ranks(dist.get_rank(), dist.get_world_size(), device)
+
+
+# --- the parent: launch and follow -----------------------------------------------------------------
+
+
+def wanted(spec) -> bool:
+    """Whether the spec's training goes through `accelerate launch` (more than one process, or a config)."""
+    dist = spec.behavior.training.distributed if spec.behavior else None
+    return dist is not None and (dist.processes > 1 or dist.config is not None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_args(dist, job: Path) -> list[str]:
+    """`accelerate launch` arguments. Without a config: one machine, N processes through torchrun
+    (`--multi_gpu` is accelerate's torchrun path; on a machine without GPUs the ranks pick gloo)."""
+    if dist.config is not None:
+        head = ["--config_file", str(dist.config), "--num_processes", str(dist.processes)]
+    else:
+        head = ["--multi_gpu", "--num_processes", str(dist.processes), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    return [*head, "--module", "components.distributed", "rank", str(job)]
+
+
+def _check_devices(dist) -> None:
+    if dist.config is None and torch.cuda.is_available() and dist.processes > torch.cuda.device_count():
+        raise ValueError(
+            f"training.distributed.processes is {dist.processes} but this machine has {torch.cuda.device_count()} "
+            f"GPU(s) (one process per GPU); set processes to {torch.cuda.device_count()} or fewer, or pass an "
+            "accelerate config (training.distributed.config) for several machines")
+
+
+def launch(spec, out_dir: Path, *, progress: Callable[[int, int, dict], None] | None = None,
+           env: dict[str, str] | None = None) -> dict:
+    """Train `spec`'s adapter into `out_dir` on `training.distributed.processes` processes; return the
+    train record rank 0 wrote. Raises the rank's error (TrainingDivergedError, GenerationCheckError, ...)."""
+    dist = spec.behavior.training.distributed
+    _check_devices(dist)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+    job = out_dir / "ddp-job.json"
+    job.write_text(json.dumps({"spec": spec.model_dump(mode="json"), "out_dir": str(out_dir.resolve())}, indent=1))
+    cmd = [sys.executable, "-m", "components.distributed", "launch", *launch_args(dist, job)]
+    log = out_dir / LOG_FILE
+    print(f"[adaptflow] training on {dist.processes} processes: accelerate launch "
+          f"{' '.join(launch_args(dist, job))} (log {log})", flush=True)
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(env),
+                                start_new_session=True)  # its own group: stopped as one, whatever the terminal does
+        try:
+            _follow(proc, progress)
+        finally:
+            stop(proc)
+    return _result(proc.returncode, out_dir, log)
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ) | (extra or {})
+    repo = str(Path(__file__).resolve().parents[1])  # the ranks import this checkout's components
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _follow(proc: subprocess.Popen, progress) -> None:
+    for line in proc.stdout:
+        if line.startswith(PROGRESS):
+            info = json.loads(line[len(PROGRESS):])
+            if progress is not None:
+                progress(info["step"], info["total"], info["metrics"])
+        else:
+            print(line.rstrip(), flush=True)
+    proc.wait()
+
+
+def stop(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the launcher's process group (torchrun then stops its ranks), SIGKILL after `grace`; the ranks
+    die with the launcher in any case (PR_SET_PDEATHSIG)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _result(code: int, out_dir: Path, log: Path) -> dict:
+    if code == 0:
+        return json.loads((out_dir / "train_record.json").read_text())
+    error = out_dir / ERROR_FILE
+    if error.exists():
+        _raise_recorded(json.loads(error.read_text()))
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL:])
+    raise DistributedLaunchError(f"accelerate launch exited with {code}; full log {log}; last lines:\n{tail}")
+
+
+def _raise_recorded(error: dict) -> None:
+    from components import train
+    from components.data import DataError
+
+    kind, message = error["type"], error["message"]
+    if kind == "GenerationCheckError":
+        raise train.GenerationCheckError(error["result"])
+    known = {"TrainingDivergedError": train.TrainingDivergedError, "DataError": DataError, "ValueError": ValueError}
+    raise known.get(kind, DistributedLaunchError)(message if kind in known else f"{kind}: {message}")
+
+
+# --- the child processes: launcher and rank ----------------------------------------------------------
+
+
+def die_with_parent(sig: signal.Signals) -> None:
+    """Linux: receive `sig` when the parent exits (PR_SET_PDEATHSIG = 1); exit now if it already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(128 + int(sig))
+
+
+def launcher_main(args: list[str]) -> None:
+    """accelerate launch, in this process, with a SIGTERM when the parent dies (torchrun then stops the ranks)."""
+    die_with_parent(signal.SIGTERM)
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    launch_command(launch_command_parser().parse_args(args))
+
+
+def rank_main(job_file: str) -> None:
+    """One rank: join the process group, load the spec's model and data, run the training loop."""
+    die_with_parent(signal.SIGKILL)
+    from accelerate import DistributedType, PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    job = json.loads(Path(job_file).read_text())
+    out_dir = Path(job["out_dir"])
+    try:
+        if state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+            raise ValueError(
+                f"the accelerate config asks for {state.distributed_type.value}, which is not built: adaptflow's loop "
+                "syncs gradients itself (DDP) and does not shard model states; use a config with distributed_type "
+                "MULTI_GPU or MULTI_CPU (docs/scale.md)")
+        _train_rank(job, out_dir, state)
+    except BaseException as exc:
+        if state.is_main_process:
+            _record_error(exc, out_dir)
+        raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train_rank(job: dict, out_dir: Path, state) -> None:
+    from components.models import load_model, load_tokenizer, resolve_model
+    from components.spec import TaskSpec
+    from components.train import prepare_data, train
+
+    spec = TaskSpec.model_validate(job["spec"])
+    device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
+    if device != "cpu":
+        torch.cuda.set_device(device)
+    with state.main_process_first():  # a first load converts and caches; the others read the cache
+        resolved = resolve_model(spec.base_model)
+        tokenizer = load_tokenizer(spec.base_model, resolved)
+        model = load_model(spec.base_model, resolved, device=device, precision=spec.behavior.training.precision)
+    data = prepare_data(spec.behavior, tokenizer)
+    train(model, tokenizer, spec.behavior, out_dir, data=data, progress=_print_progress if state.is_main_process else None)
+
+
+def _print_progress(step: int, total: int, metrics: dict) -> None:
+    print(PROGRESS + json.dumps({"step": step, "total": total, "metrics": metrics}), flush=True)
+
+
+def _record_error(exc: BaseException, out_dir: Path) -> None:
+    error = {"type": type(exc).__name__, "message": str(exc), "result": getattr(exc, "result", None)}
+    tmp = out_dir / (ERROR_FILE + ".tmp")
+    tmp.write_text(json.dumps(error, indent=1, default=str))
+    os.replace(tmp, out_dir / ERROR_FILE)
+
+
+if __name__ == "__main__":
+    role, rest = sys.argv[1], sys.argv[2:]
+    if role == "launch":
+        launcher_main(rest)
+    elif role == "rank":
+        rank_main(*rest)
+    else:
+        raise SystemExit(f"usage: python -m components.distributed launch ACCELERATE_ARGS... | rank JOB.json (not {role!r})")
