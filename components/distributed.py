@@ -105,6 +105,28 @@ def wanted(spec) -> bool:
     return dist is not None and (dist.processes > 1 or dist.config is not None)
 
 
+def with_processes(spec, processes: int | None):
+    """`spec` with `training.distributed.processes` set (`--processes N`); None leaves it as written."""
+    from pydantic import ValidationError
+
+    from components.spec import TrainingSpec
+
+    if processes is None:
+        return spec
+    if spec.behavior is None:
+        raise ValueError(f"--processes {processes}: spec '{spec.name}' trains nothing (no `behavior:` section); "
+                         "drop --processes")
+    training = spec.behavior.training
+    config = training.distributed.config if training.distributed else None
+    try:
+        training = TrainingSpec.model_validate(
+            training.model_dump() | {"distributed": {"processes": processes, "config": config}})
+    except ValidationError as exc:
+        raise ValueError(f"--processes {processes}: " + "; ".join(e["msg"].removeprefix("Value error, ")
+                                                                 for e in exc.errors())) from None
+    return spec.model_copy(update={"behavior": spec.behavior.model_copy(update={"training": training})})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,6 +24,9 @@ def run(
     spec: Path = typer.Argument(..., help="spec file", metavar="SPEC"),
     workspace: Path | None = WorkspaceOpt,
     root: Path | None = RootOpt,
+    processes: int | None = typer.Option(
+        None, "--processes", min=1, metavar="N",
+        help="train on N processes through `accelerate launch` (sets training.distributed.processes)"),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Train, index, evaluate and register the system a spec declares; prints a summary and NAME@vN.
@@ -35,7 +38,7 @@ def run(
     console.install_sigterm()
     started = time.time()
     try:
-        code = _run(spec, workspace, root, log)
+        code = _run(spec, workspace, root, log, processes)
     except (typer.Exit, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM and errors each end in one line
@@ -43,12 +46,13 @@ def run(
     raise typer.Exit(code)
 
 
-def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) -> int:
+def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, processes: int | None = None) -> int:
+    from components.distributed import with_processes
     from components.registry import Registry
     from components.specload import load_spec
     from flows import keys
 
-    spec = load_spec(spec_file, workspace)  # fail fast, before Prefect starts
+    spec = with_processes(load_spec(spec_file, workspace), processes)  # fail fast, before Prefect starts
     registry = Registry(root)
     os.environ["ADAPTFLOW_REGISTRY"] = str(registry.root)  # the flow's register task reads it
     if (found := keys.up_to_date(spec, registry)) is not None:
@@ -67,7 +71,7 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path) 
 
         console.after_prefect_import()
         _courtesy(lambda: record_noted(url))
-        ref = adapt(str(spec_file), str(workspace) if workspace else None)
+        ref = adapt(str(spec_file), str(workspace) if workspace else None, processes)
     from flows.summary import run_summary
 
     typer.echo("\n".join(run_summary(registry, ref, before_versions, before_aliases)))

@@ -270,9 +270,12 @@ def register(spec: TaskSpec, decision: Route, trained: StageResult | None, index
 
 
 @flow(name="adapt", flow_run_name=spec_run_name, log_prints=True)
-def adapt(spec_path: str, workspace: str | None = None) -> str:
-    """Turn a spec into an evaluated, registered system; returns NAME@vN."""
-    spec = load_task_spec(spec_path, workspace)
+def adapt(spec_path: str, workspace: str | None = None, processes: int | None = None) -> str:
+    """Turn a spec into an evaluated, registered system; returns NAME@vN. `processes` overrides
+    `training.distributed.processes` (training on several processes through accelerate)."""
+    from components.distributed import with_processes
+
+    spec = with_processes(load_task_spec(spec_path, workspace), processes)
     decision, prebuilt_index, evidence = measured_route(spec)
     progress = artifacts.start_run_progress(
         spec.name, [s for s, on in (("train", decision.behavior), ("index", decision.knowledge), ("eval", True)) if on])

@@ -103,13 +103,20 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(tiny_llama_dir,
     assert "set batch_size to a multiple of 3 (e.g. 6) or processes to one of 1, 2, 4" in message
 
 
+def _role(proc: psutil.Process) -> str | None:
+    """`launch` or `rank`: python [-u] -m components.distributed ROLE ..."""
+    args = proc.cmdline()
+    return args[args.index("components.distributed") + 1] if "components.distributed" in args else None
+
+
 def _ranks_of(pid: int) -> list[psutil.Process]:
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if "rank" in p.cmdline()]
+        return [p for p in psutil.Process(pid).children(recursive=True) if _role(p) == "rank"]
     except psutil.NoSuchProcess:
         return []
 
 
+@pytest.mark.slow
 def test_killed_launcher_leaves_no_rank_and_the_rerun_resumes(tmp_path, tiny_llama_dir, data_file):
     """SIGKILL to the launcher's process group mid-run: no rank survives (they die with their parent); a rerun
     resumes from the last complete checkpoint and ends with the uninterrupted run's adapter."""
