@@ -119,8 +119,9 @@ def run() -> dict:
             out[f"ddp_wall_seconds_1proc_{tag}"] = round(one_wall, 2)
             out[f"ddp_wall_seconds_2proc_{tag}"] = round(two_wall, 2)
     out["ddp_equivalence"] = out[f"ddp_max_abs_diff_lr_{LRS[0]:g}"]  # the spec's default learning rate
-    out["ddp_train_time_ratio_2v1"] = round(out[f"ddp_train_seconds_2proc_lr_{LRS[0]:g}"]
-                                            / out[f"ddp_train_seconds_1proc_lr_{LRS[0]:g}"], 3)
+    tag = f"lr_{LRS[0]:g}"
+    out["ddp_train_speedup_2v1"] = round(out[f"ddp_train_seconds_1proc_{tag}"] / out[f"ddp_train_seconds_2proc_{tag}"], 3)
+    out["ddp_wall_speedup_2v1"] = round(out[f"ddp_wall_seconds_1proc_{tag}"] / out[f"ddp_wall_seconds_2proc_{tag}"], 3)
     out["setup"] = (f"{described}; {steps} steps, global batch 8 (2 x 4 per process), LoRA r 8 q,v, fp32; 1 process "
                     f"x 1 thread vs 2 processes x 1 thread (gloo) on {os.cpu_count()} cores; "
                     f"load average {os.getloadavg()[0]:.1f} at the end")

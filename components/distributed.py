@@ -144,20 +144,21 @@ def launch_args(dist, job: Path) -> list[str]:
     return [*head, "--module", "components.distributed", "rank", str(job)]
 
 
-def _check_devices(dist) -> None:
-    if dist.config is None and torch.cuda.is_available() and dist.processes > torch.cuda.device_count():
+def _check_devices(dist, env: dict[str, str]) -> None:
+    gpus = 0 if env.get("CUDA_VISIBLE_DEVICES") == "" else torch.cuda.device_count()  # "": the ranks see none
+    if dist.config is None and gpus and dist.processes > gpus:
         raise ValueError(
-            f"training.distributed.processes is {dist.processes} but this machine has {torch.cuda.device_count()} "
-            f"GPU(s) (one process per GPU); set processes to {torch.cuda.device_count()} or fewer, or pass an "
-            "accelerate config (training.distributed.config) for several machines")
+            f"training.distributed.processes is {dist.processes} but this machine has {gpus} GPU(s) (one process "
+            f"per GPU); set processes to {gpus} or fewer, or pass an accelerate config (training.distributed.config) "
+            "for several machines, or train on the CPU with CUDA_VISIBLE_DEVICES=''")
 
 
 def launch(spec, out_dir: Path, *, progress: Callable[[int, int, dict], None] | None = None,
            env: dict[str, str] | None = None) -> dict:
     """Train `spec`'s adapter into `out_dir` on `training.distributed.processes` processes; return the
     train record rank 0 wrote. Raises the rank's error (TrainingDivergedError, GenerationCheckError, ...)."""
-    dist = spec.behavior.training.distributed
-    _check_devices(dist)
+    dist, child_env = spec.behavior.training.distributed, _env(env)
+    _check_devices(dist, child_env)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -168,7 +169,7 @@ def launch(spec, out_dir: Path, *, progress: Callable[[int, int, dict], None] | 
     print(f"[adaptflow] training on {dist.processes} processes: accelerate launch "
           f"{' '.join(launch_args(dist, job))} (log {log})", flush=True)
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(env),
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env,
                                 start_new_session=True)  # its own group: stopped as one, whatever the terminal does
         try:
             _follow(proc, progress)

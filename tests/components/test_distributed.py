@@ -2,8 +2,9 @@
 
 The adapter from 2 processes equals the one from 1 process with the same global batch within 1e-5 (fp32):
 the ranks split every micro-batch, divide the loss by the step's answer tokens summed over both ranks and
-sum the gradients, so the only difference left is floating-point summation order (measured ~1e-8 here).
-LoRA dropout is 0: dropout masks are drawn per rank and cannot match one process's.
+sum the gradients, so the only difference left is floating-point summation order (smaller per-rank batches), which
+Adam enlarges for near-zero gradient elements in proportion to the learning rate (bench/ddp.py: 2.2e-8 at lr 2e-4,
+2.4e-6 at lr 1e-2); lr 1e-3 here. LoRA dropout is 0: dropout masks are drawn per rank and cannot match one process's.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from components.spec import TaskSpec
 from components.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-TOLERANCE = 1e-5  # fp32; the measured difference is ~1e-8 (summation order of the gradient all-reduce)
+TOLERANCE = 1e-5  # fp32 (the issue's goal)
 REPO = Path(__file__).resolve().parents[2]
+CPU = {"CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes (gloo) on a GPU machine too
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def task(model_dir: Path, data_file: Path, processes: int | None, **training) ->
 def one_process(spec: TaskSpec, out: Path):
     resolved = resolve_model(spec.base_model)
     tokenizer = load_tokenizer(spec.base_model, resolved)
-    model = load_model(spec.base_model, resolved, precision="fp32")
+    model = load_model(spec.base_model, resolved, device="cpu", precision="fp32")
     return train(model, tokenizer, spec.behavior, out)
 
 
@@ -77,15 +79,15 @@ def max_diff(a: dict, b: dict) -> float:
 def test_two_processes_train_the_adapter_one_process_trains(tmp_path, tiny_llama_dir, data_file, packing):
     single = one_process(task(tiny_llama_dir, data_file, None, packing=packing), tmp_path / "one")
     seen = []
-    record = distributed.launch(task(tiny_llama_dir, data_file, 2, packing=packing), tmp_path / "two",
+    record = distributed.launch(task(tiny_llama_dir, data_file, 2, packing=packing), tmp_path / "two", env=CPU,
                                 progress=lambda step, total, metrics: seen.append(step))
     assert record["processes"] == 2 and single.processes == 1
     diff = max_diff(adapter(tmp_path / "one"), adapter(tmp_path / "two"))
     assert diff <= TOLERANCE, diff
     assert seen == [1, 2, 3, 4, 5, 6]  # rank 0's progress, relayed once
     assert record["train_tokens"] == single.train_tokens  # both ranks' tokens, counted once
-    losses_one, losses_two = [l for _, l in single.loss_curve], [l for _, l in record["loss_curve"]]
-    assert max(abs(a - b) for a, b in zip(losses_one, losses_two, strict=True)) < 1e-5
+    steps = zip(single.loss_curve, record["loss_curve"], strict=True)
+    assert max(abs(a[1] - b[1]) for a, b in steps) < 1e-5  # the step's loss over both ranks, as one process
     assert record["generation"]["passed"] is True
     # rank 0 alone wrote: one record, one adapter, complete checkpoints only, no error file
     assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "two" / "checkpoints")] == [
@@ -128,7 +130,7 @@ def test_killed_launcher_leaves_no_rank_and_the_rerun_resumes(tmp_path, tiny_lla
     cmd = [sys.executable, "-m", "components.distributed", "launch",
            *distributed.launch_args(spec.behavior.training.distributed, job)]
     log = (out / "launch.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=distributed._env(None), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=distributed._env(CPU), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline, ranks = time.monotonic() + 120, []
     while not checkpoint.complete_checkpoints(out / "checkpoints"):
@@ -144,7 +146,7 @@ def test_killed_launcher_leaves_no_rank_and_the_rerun_resumes(tmp_path, tiny_lla
     assert not alive, f"ranks outlived the launcher: {[p.pid for p in alive]}"
     assert not (out / "adapter").exists(), "training finished before the kill; raise max_steps"
 
-    record = distributed.launch(spec, out)
+    record = distributed.launch(spec, out, env=CPU)
     assert record["resumed_from_step"] and record["resumed_from_step"] >= 4 and record["steps"] == 40
     one_process(task(tiny_llama_dir, data_file, None, max_steps=40, checkpoint_every=4), tmp_path / "one")
     assert max_diff(adapter(tmp_path / "one"), adapter(out)) <= TOLERANCE

@@ -34,7 +34,8 @@ def test_ctrl_c_stops_every_rank_and_the_rerun_resumes_on_two_processes(prefect_
     from prefect.settings import PREFECT_API_URL
 
     spec = make_workspace(goal="behavior", max_steps=60, checkpoint_every=2)
-    env = dict(os.environ) | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ) | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1",
+                              "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes (gloo) on a GPU machine too
     cmd = [sys.executable, "-m", "flows.cli", "run", str(spec), "--processes", "2"]
     log = open(isolated / "first.log", "wb")  # noqa: SIM115
     first = subprocess.Popen(cmd, cwd=isolated, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
