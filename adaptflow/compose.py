@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.inspect import base_record
-from components.spec import ComposeSpec, TaskSpec
+from components.spec import WEIGHTED_MERGE, ComposeSpec, TaskSpec
 
 COMPOSED = "composed"
-LORA_FAMILY = ("lora", "qlora")  # add_weighted_adapter merges LoRA factors; DoRA's magnitude vector has no rule
+LORA_FAMILY = WEIGHTED_MERGE  # lora, qlora: what add_weighted_adapter merges (a spec-class trait)
 
 
 class ComposeError(ValueError):
@@ -84,7 +84,7 @@ def compose_adapters(sources: list[Source], compose: ComposeSpec, out_dir: Path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     config = json.loads((out_dir / "adapter_config.json").read_text())
-    for key, value in config.items():  # byte-stable JSON (content-addressed registry), as methods._sort_set_fields
+    for key, value in config.items():  # byte-stable JSON (content-addressed registry), as adapter_io._sort_set_fields
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             config[key] = sorted(value)
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

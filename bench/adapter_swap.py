@@ -40,7 +40,8 @@ def make_adapters(spec, folder: Path) -> list[Path]:
     """Two saved LoRA adapters with different random weights (B is zero at init; perturb both A and B)."""
     import torch
 
-    from components.methods import apply_method, save_adapter
+    from components.adapter_io import save_adapter
+    from components.methods import apply_method
     from components.models import load_model
 
     model = apply_method(load_model(spec.base_model), spec.behavior.adapter)
@@ -79,7 +80,7 @@ def switch_times(systems: list) -> list[float]:
 
 
 def reload_times(spec, adapter_dir: Path) -> list[float]:
-    from components.methods import load_adapter
+    from components.adapter_io import load_adapter
     from components.models import load_model, resolve_model
 
     times = []

@@ -70,7 +70,7 @@ def eval_loss(model, data, behavior, pad_id: int) -> float:
 
 
 def run_adaptflow(behavior, out: Path) -> dict:
-    from components.methods import load_adapter
+    from components.adapter_io import load_adapter
     from components.models import load_model, load_tokenizer
     from components.spec import BaseModelSpec
     from components.train import prepare_data, train

@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-METHOD_FILE = "adaptflow_adapter.json"  # components.methods.METHOD_FILE (kept import-free of peft)
-WEIGHTS_FILE = "adapter_weights.safetensors"  # components.methods.WEIGHTS_FILE
+METHOD_FILE = "adaptflow_adapter.json"  # components.adapter_io.METHOD_FILE (kept import-free of peft)
+WEIGHTS_FILE = "adapter_weights.safetensors"  # components.adapter_io.WEIGHTS_FILE
 HYBRID_MANIFEST = "hybrid.json"  # components.hybrid.MANIFEST
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(.+)$")
 TOP_SINGULAR = 8

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from components.methods import METHOD_FILE, is_quantized, load_adapter
+from components.adapter_io import METHOD_FILE, load_adapter
+from components.methods import is_quantized
 from components.spec import PROMPT_LEARNING, BaseModelSpec, QuantizationSpec
 
 PROBE_TEXTS = [
@@ -74,7 +75,7 @@ def merge_adapter(
     if method in PROMPT_LEARNING:
         raise ValueError(
             f"{adapter_dir}: a {method} adapter adds virtual tokens, not weight deltas, so there is nothing to merge; "
-            "serve the base model with the adapter (components.methods.load_adapter) instead"
+            "serve the base model with the adapter (components.adapter_io.load_adapter) instead"
         )
     ids = _probe_ids(tokenizer, base_model.config.vocab_size)
     quantized, device = is_quantized(base_model), next(base_model.parameters()).device

@@ -2,9 +2,8 @@
 
 This is the one place where peft keyword names appear (STYLE.md 4). A builder turns a typed spec
 into either a `peft.PeftConfig` (the peft methods) or a `WeightSelection` (selective, full: base
-parameters trained in place). `apply_method` attaches it; `save_adapter` / `load_adapter` write
-and read it back: peft's own `save_pretrained` folder for peft methods, safetensors + JSON for
-selective/full. Method-specific training hooks (AdaLoRA's rank allocation and orthogonal
+parameters trained in place). `apply_method` attaches it; `components.adapter_io` writes and reads
+it back. Method-specific training hooks (AdaLoRA's rank allocation and orthogonal
 regularisation, the virtual-token offset of prompt learning) live here too, so the training loop
 stays generic.
 """
@@ -13,13 +12,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
 import torch
 from peft import (
@@ -37,7 +34,6 @@ from peft import (
     TaskType,
     get_peft_model,
 )
-from safetensors.torch import load_file, save_file
 
 from components import hybrid
 from components.spec import (
@@ -53,8 +49,9 @@ from components.spec import (
     PrefixTuningSpec,
     PromptTuningSpec,
     PTuningSpec,
-    QLoraSpec,
     SelectiveSpec,
+    adapter_methods,
+    remove_adapter_class,
 )
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in every PeftModel constructor: a warning
@@ -62,8 +59,6 @@ from components.spec import (
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 CAUSAL_LM = TaskType.CAUSAL_LM
-METHOD_FILE = "adaptflow_adapter.json"  # the spec that built the adapter (lineage), in every adapter folder
-WEIGHTS_FILE = "adapter_weights.safetensors"  # selective/full: the trained base tensors
 
 
 @dataclass(frozen=True)
@@ -88,9 +83,8 @@ BUILDERS: dict[str, Callable[..., Built]] = {}
 
 
 def spec_methods() -> set[str]:
-    """Every `adapter.method` the spec accepts: the tags of the AdapterSpec union."""
-    union = get_args(AdapterSpec)[0]
-    return {cls.model_fields["method"].default for cls in get_args(union)}
+    """Every `adapter.method` the spec accepts: one per spec class (components.spec.AdapterBase subclasses)."""
+    return set(adapter_methods())
 
 
 def register(method: str, builder: Callable[..., Built]) -> None:
@@ -98,9 +92,16 @@ def register(method: str, builder: Callable[..., Built]) -> None:
     if method in BUILDERS:
         raise ValueError(f"adapter method '{method}' is registered twice ({BUILDERS[method].__name__}, {builder.__name__})")
     if method not in spec_methods():
-        raise ValueError(f"adapter method '{method}' has no spec class in components/spec.py's AdapterSpec union; "
+        raise ValueError(f"adapter method '{method}' has no spec class (a components.spec.AdapterBase subclass); "
                          f"add one (a class with `method: Literal['{method}']`) before registering its builder")
     BUILDERS[method] = builder
+
+
+def unregister(method: str) -> None:
+    """Remove a method: its builder and its spec class (the union and the schema lose it), e.g. a method a
+    test defined for itself."""
+    BUILDERS.pop(method, None)
+    remove_adapter_class(method)
 
 
 def check_registry() -> None:
@@ -218,7 +219,7 @@ def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
     built = BUILDERS[adapter.method](adapter, ctx)
     if isinstance(built, hybrid.HybridBuild):
         model = hybrid.attach(model, built)
-        _fix_prompt_learning_generate(model)
+        fix_prompt_learning_generate(model)
         return model
     if isinstance(built, WeightSelection):
         if is_quantized(model):
@@ -227,16 +228,16 @@ def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
                 "remove base_model.quantization or use method 'qlora'"
             )
         return _select_weights(model, built)
-    if isinstance(adapter, QLoraSpec) and not is_quantized(model) and not ctx.counting:
+    if adapter.needs_quantized_base and not is_quantized(model) and not ctx.counting:
         raise ValueError(
-            "adapter.method is 'qlora' but the base model is not quantized; "
+            f"adapter.method is '{adapter.method}' but the base model is not quantized; "
             "add `quantization: {bits: 4}` under base_model or use method 'lora'"
         )
     # No `prepare_model_for_kbit_training`: it upcasts every non-4-bit layer to fp32, and with it the residual
     # stream (1.46x the activations of bf16 LoRA at 7B, measured). get_peft_model freezes the base; the
     # non-4-bit layers stay in the compute dtype (components.precision).
     peft_model = get_peft_model(model, built)
-    _fix_prompt_learning_generate(peft_model)
+    fix_prompt_learning_generate(peft_model)
     return peft_model
 
 
@@ -294,7 +295,7 @@ def virtual_token_offset(model) -> int:
     return model.active_peft_config.num_virtual_tokens
 
 
-def _fix_prompt_learning_generate(model) -> None:
+def fix_prompt_learning_generate(model) -> None:
     """peft 0.21's prompt-learning `generate` reads and writes `past_key_values`, which transformers 5
     renamed to `cache`: the prefix is then ignored and soft prompts are re-injected at every decoding
     step (the class of bugs of peft issues 2123/2131). Rename the key on the way through, so both
@@ -393,94 +394,3 @@ def count_parameters_meta(config_folder: Path, adapter: AdapterSpec) -> tuple[in
         model = AutoModelForCausalLM.from_config(config)
         model = _attach(model, adapter, BuildContext(total_steps=1000, counting=True))
     return count_parameters(model)
-
-
-# --- saving and loading ----------------------------------------------------------------------
-
-
-def _write_method_file(out_dir: Path, adapter: AdapterSpec, extra: dict) -> None:
-    record = {"method": adapter.method, "spec": adapter.model_dump(mode="json"), **extra}
-    (out_dir / METHOD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def _sort_set_fields(path: Path, config: PeftConfig) -> None:
-    """peft writes set-valued fields (target_modules, ...) in hash order, which changes between
-    processes; sorted, the same training gives the same bytes (content-addressed registry)."""
-    data = json.loads(path.read_text())
-    for key, value in config.to_dict().items():
-        if isinstance(value, set):
-            data[key] = sorted(value)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def save_adapter(model, adapter: AdapterSpec, out_dir: Path) -> Path:
-    """peft methods: `save_pretrained` (adapter_config.json + adapter_model.safetensors).
-    selective/full: the trained tensors as safetensors, plus the method JSON."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(adapter, HybridSpec):
-        hybrid.save(model, [p.method for p in adapter.parts], out_dir, _sort_set_fields)
-        _write_method_file(out_dir, adapter, {"format": "hybrid"})
-        return out_dir
-    if isinstance(model, PeftModel):
-        model.save_pretrained(out_dir)
-        _sort_set_fields(out_dir / "adapter_config.json", model.peft_config[model.active_adapter])
-        _write_method_file(out_dir, adapter, {"format": "peft"})
-        return out_dir
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt", "method": adapter.method})
-    base = str(getattr(model.config, "name_or_path", ""))
-    _write_method_file(out_dir, adapter, {"format": "weights", "base_model": base, "parameters": sorted(tensors)})
-    return out_dir
-
-
-def load_adapter(base_model, adapter_dir: Path, adapter_name: str = "default", *, is_trainable: bool = False):
-    """The base model with the adapter. A second peft adapter is added to an existing PeftModel under
-    `adapter_name` (switch with `set_adapter`); selective/full tensors are copied into the base in place."""
-    adapter_dir = Path(adapter_dir)
-    if (adapter_dir / hybrid.MANIFEST).exists():
-        if isinstance(base_model, PeftModel | hybrid.PeftMixedModel) or adapter_name != "default":
-            raise ValueError(f"{adapter_dir} is a hybrid adapter, which changes the base in several ways at once; "
-                             "load it onto a fresh base model")
-        model = hybrid.load(base_model, adapter_dir, is_trainable=is_trainable)
-        _fix_prompt_learning_generate(model)
-        return model
-    if (adapter_dir / "adapter_config.json").exists():
-        if isinstance(base_model, PeftModel):
-            try:
-                base_model.load_adapter(adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
-            except ValueError as exc:
-                raise ValueError(
-                    f"{adapter_dir}: cannot add adapter '{adapter_name}' to this model: {exc}; "
-                    "adapters of different peft types need their own copy of the base model"
-                ) from exc
-            model = base_model
-        else:
-            model = PeftModel.from_pretrained(base_model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
-        _fix_prompt_learning_generate(model)
-        return model
-    if (adapter_dir / WEIGHTS_FILE).exists():
-        return _load_weights(base_model, adapter_dir, adapter_name)
-    raise FileNotFoundError(
-        f"{adapter_dir} holds neither adapter_config.json (peft) nor {WEIGHTS_FILE} (selective/full); "
-        "point at the `adapter/` folder a training run wrote"
-    )
-
-
-def _load_weights(base_model, adapter_dir: Path, adapter_name: str):
-    if isinstance(base_model, PeftModel) or adapter_name != "default":
-        raise ValueError(
-            f"{adapter_dir} holds selective/full weights, which replace base tensors and cannot be stacked "
-            "as a named adapter; load it onto a fresh base model"
-        )
-    tensors = load_file(adapter_dir / WEIGHTS_FILE)
-    params = dict(base_model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if name not in params or params[name].shape != value.shape:
-                raise ValueError(
-                    f"{adapter_dir / WEIGHTS_FILE}: tensor '{name}' {tuple(value.shape)} does not fit this base model; "
-                    "load it onto the base model it was trained from (see its adaptflow_adapter.json)"
-                )
-            params[name].copy_(value.to(params[name].dtype))
-    return base_model

@@ -16,7 +16,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from components.spec import TaskSpec
+from components.spec import AdapterBase, TaskSpec, adapter_class, adapter_methods
 
 KeyPath = tuple[str | int, ...]
 
@@ -192,6 +192,8 @@ def _model_at(loc: KeyPath) -> type[BaseModel] | None:
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if annotation is AdapterBase:  # the adapter union: every method's spec class
+        return [adapter_class(m) for m in adapter_methods()]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []

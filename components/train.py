@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from peft import PeftMixedModel, PeftModel
 from tqdm.auto import tqdm
 
-from components import checkpoint, distributed, memory, methods
+from components import adapter_io, checkpoint, distributed, memory, methods
 from components.batching import Batch, eval_batches, micro_batches
 from components.data import (
     IGNORE_INDEX,
@@ -422,7 +422,7 @@ def train(
     if ranks.is_main:
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        methods.save_adapter(model, behavior.adapter, tmp)
+        adapter_io.save_adapter(model, behavior.adapter, tmp)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         os.replace(tmp, adapter_dir)
     ranks.barrier()  # the other ranks wait for rank 0's adapter

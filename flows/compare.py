@@ -30,7 +30,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from components import compare as cmp
 from components.route import Route, route
-from components.spec import ADAPTER_METHODS, SelectRule, TaskSpec
+from components.spec import SelectRule, TaskSpec, adapter_methods
 from flows import artifacts, keys
 from flows.deployments import SPECS
 from flows.keys import store
@@ -261,7 +261,7 @@ def compare(spec_path: str, methods: list[str] | None = None, workspace: str | N
             "markdown": str(comparison.path / "report.md"), "chart": str(comparison.path / "chart.png")}
 
 
-MethodChoice = Literal[ADAPTER_METHODS]  # type: ignore[valid-type]
+MethodChoice = Literal[adapter_methods()]  # type: ignore[valid-type]
 
 
 def compare_ui(spec: str = SPECS[0], spec_path: str | None = None, methods: list[str] | None = None,

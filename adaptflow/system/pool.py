@@ -16,7 +16,7 @@ from pathlib import Path
 from components.models import load_model
 from components.precision import task_precision
 from components.serving.bases import BaseHandle, base_loads, shared_base
-from components.spec import PROMPT_LEARNING, WEIGHT_METHODS, TaskSpec, soft_prompt
+from components.spec import PROMPT_LEARNING, SHARED_LANE, TaskSpec, soft_prompt
 
 __all__ = ["ADAPTER_FILES", "Attached", "BaseHandle", "adapter_digest", "attach_adapter", "base_loads",
            "injected", "peft_type", "release_adapter", "shared_base"]
@@ -52,18 +52,18 @@ def peft_type(adapter_dir: Path) -> str:
 
 
 def injected(method: str | None) -> bool:
-    """True for the methods whose adapters share the lane's PeftModel."""
-    return method is not None and method not in PROMPT_LEARNING | WEIGHT_METHODS | {"hybrid"}
+    """True for the methods whose adapters share the lane's PeftModel (the spec class's shares_base_lane)."""
+    return method in SHARED_LANE
 
 
 def attach_adapter(handle: BaseHandle, spec: TaskSpec, method: str, adapter_dir: Path) -> Attached:
     """Load the adapter at `adapter_dir` where its method puts it (see the module docstring)."""
-    from components.methods import load_adapter
+    from components.adapter_io import load_adapter
 
     with handle.lock:
         if method in PROMPT_LEARNING:
             return Attached(prompt_model=load_adapter(handle.model, adapter_dir).eval())
-        if method in WEIGHT_METHODS or method == "hybrid":  # a hybrid changes its own copy of the base
+        if method not in SHARED_LANE:  # weights and hybrids change their own copy of the base
             own = load_model(spec.base_model, handle.resolved, precision=task_precision(spec))
             model = load_adapter(own, adapter_dir).eval()
             if spec.behavior is not None and soft_prompt(spec.behavior.adapter):

@@ -12,39 +12,40 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from pydantic import TypeAdapter
+from typing import get_args
 
 from components.spec import (
-    ADAPTER_METHODS,
-    PROMPT_LEARNING,
-    WEIGHT_METHODS,
     AdapterSpec,
     BaseModelSpec,
+    LrFamily,
+    MethodSet,
     QuantizationSpec,
     TaskSpec,
+    adapter_class,
+    adapter_methods,
+    parse_adapter,
 )
 
-DEFAULT_METHODS = ("lora", "qlora", "ia3", "prompt_tuning", "full")
+DEFAULT_METHODS = MethodSet(lambda cls: cls.compare_default)  # lora, qlora, ia3, prompt_tuning, full
 
 # Learning rates differ by orders of magnitude between method families (full fine-tuning diverges at
 # a LoRA rate; soft prompts barely move at one). A variant of another family than the spec's own
 # method starts from its family's rate unless `compare.lr` names one; the report lists what was used.
-LR_FAMILIES = {
-    "low-rank": ({"lora", "dora", "qlora", "adalora", "loha", "lokr", "hybrid"}, 2.0e-4),
-    "ia3": ({"ia3"}, 1.0e-2),
-    "prompt": (PROMPT_LEARNING, 3.0e-2),
-    "weights": (WEIGHT_METHODS, 5.0e-5),
+LR_RATES: dict[LrFamily, float] = {"low-rank": 2.0e-4, "ia3": 1.0e-2, "prompt": 3.0e-2, "weights": 5.0e-5}
+if set(LR_RATES) != set(get_args(LrFamily)):
+    raise ImportError(f"components.spec.LrFamily is {get_args(LrFamily)} but LR_RATES has {tuple(LR_RATES)}; "
+                      "give every family a starting rate")
+LR_FAMILIES: dict[str, tuple[MethodSet, float]] = {  # family -> (its methods, from each spec class's lr_family; rate)
+    family: (MethodSet(lambda cls, family=family: cls.lr_family == family), rate) for family, rate in LR_RATES.items()
 }
 
 
-def lr_family(method: str) -> str:
-    return next(name for name, (methods, _) in LR_FAMILIES.items() if method in methods)
+def lr_family(method: str) -> LrFamily:
+    return adapter_class(method).lr_family
 
 
 MAX_NAME = 64  # TaskSpec.name's limit, which registry names of variants must also meet
 MAX_ID = 40
-_ADAPTER = TypeAdapter(AdapterSpec)
 
 
 class CompareError(ValueError):
@@ -79,9 +80,9 @@ def requested_overrides(spec: TaskSpec, methods: Sequence[str] | None = None) ->
 
 def _method_override(method: str) -> AdapterSpec:
     try:
-        return _ADAPTER.validate_python({"method": method})
+        return parse_adapter({"method": method})
     except ValueError:
-        raise CompareError(f"unknown method '{method}'; use one of {', '.join(ADAPTER_METHODS)}") from None
+        raise CompareError(f"unknown method '{method}'; use one of {', '.join(adapter_methods())}") from None
 
 
 def merge_adapter(own: AdapterSpec, override: AdapterSpec) -> AdapterSpec:
@@ -93,10 +94,11 @@ def merge_adapter(own: AdapterSpec, override: AdapterSpec) -> AdapterSpec:
 def variant_base_model(base: BaseModelSpec, method: str) -> tuple[BaseModelSpec, str | None]:
     """qlora gets a 4-bit base; full/selective lose quantization; other methods keep the spec's base."""
     quant = base.quantization
-    if method == "qlora" and (quant is None or quant.bits != 4):
-        note = "base_model.quantization: {bits: 4} (qlora is LoRA on a 4-bit base)"
+    traits = adapter_class(method)
+    if traits.needs_quantized_base and (quant is None or quant.bits != 4):
+        note = f"base_model.quantization: {{bits: 4}} ({method} is LoRA on a 4-bit base)"
         return base.model_copy(update={"quantization": QuantizationSpec(bits=4)}), note
-    if method in WEIGHT_METHODS and quant is not None:
+    if traits.trains_base_weights and quant is not None:
         note = f"base_model.quantization: null ({method} trains base weights, which cannot be 4/8-bit)"
         return base.model_copy(update={"quantization": None}), note
     return base, None

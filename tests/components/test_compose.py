@@ -12,7 +12,8 @@ import torch
 from peft import PeftModel
 from typer.testing import CliRunner
 
-from components.methods import apply_method, save_adapter
+from components.adapter_io import save_adapter
+from components.methods import apply_method
 from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import BaseModelSpec, TaskSpec
@@ -23,12 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tokenizer):
+def world(tmp_path_factory, tokenizer, base_dir):
     """A tiny base, two LoRA systems (a, b) and one IA3 system registered, each with its own eval set."""
     root = tmp_path_factory.mktemp("compose")
-    base_dir = root / "base"
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
     (root / "train.jsonl").write_text("")
     reg = Registry(root / "registry")
     base = {"id": str(base_dir), "revision": None, "weights_hash": "w", "path": str(base_dir)}

@@ -9,8 +9,9 @@ import torch
 from pydantic import TypeAdapter
 
 from adaptflow.system import System
+from components.adapter_io import save_adapter
 from components.evaluate import forgetting, perplexity
-from components.methods import apply_method, save_adapter
+from components.methods import apply_method
 from components.spec import AdapterSpec, TaskSpec
 from tests.conftest import make_tiny_llama
 

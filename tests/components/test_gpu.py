@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the fixtures imported from test_methods are redefined as test arguments)
 """The CUDA paths of the precision policy, checkpointing and the generation check (skipped without CUDA).
 bench/gpu.py measures the same paths at 1-7B; these tests pin their behaviour on tiny models."""
 
@@ -13,7 +12,7 @@ from components.models import load_model
 from components.precision import resolve_precision
 from components.spec import BaseModelSpec, QuantizationSpec
 from components.train import greedy, train
-from tests.components.test_methods import base_dir, behavior, data_file  # noqa: F401  (fixtures)
+from tests.components.test_methods import behavior
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -27,10 +26,10 @@ def test_auto_precision_loads_the_base_in_the_compute_dtype_straight_onto_the_gp
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "prompt_tuning"])
 def test_cuda_training_saves_the_adapter_keeps_fp32_adapter_weights_and_records_memory(
-        method, base_dir, data_file, tokenizer, tmp_path):
+        method, base_dir, system_data_file, tokenizer, tmp_path):
     quant = QuantizationSpec(bits=4) if method == "qlora" else None
     model = load_model(BaseModelSpec(id=str(base_dir), quantization=quant))
-    record = train(model, tokenizer, behavior(data_file, method, gradient_checkpointing=True), tmp_path)
+    record = train(model, tokenizer, behavior(system_data_file, method, gradient_checkpointing=True), tmp_path)
     assert record.precision["device"] == "cuda" and record.precision["compute_dtype"] in ("bf16", "fp16")
     assert record.gradient_checkpointing["enabled"] and record.peak_device_memory_mb > 0
     assert record.generation["passed"] and (tmp_path / "adapter" / "adapter_config.json").exists()

@@ -13,14 +13,14 @@ from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file
 
 from adaptflow.system import System, load_system
+from components.adapter_io import load_adapter
 from components.compare import expand_variants
 from components.inspect import inspect_adapter
-from components.methods import count_parameters_meta, load_adapter
+from components.methods import count_parameters_meta
 from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, TaskSpec
 from components.train import train
-from tests.conftest import make_tiny_llama
 
 ADAPTERS = TypeAdapter(AdapterSpec)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,23 +29,6 @@ HYBRIDS = {
     "prompt+lora": [{"method": "prompt_tuning", "num_virtual_tokens": 4, "init_text": "Answer yes or no"},
                     {"method": "lora", "r": 4}],
 }
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-base")
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Is {n} even?"},
-                          {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def behavior(data_file: Path, parts: list[dict]) -> BehaviorSpec:

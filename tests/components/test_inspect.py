@@ -13,34 +13,16 @@ from pydantic import TypeAdapter
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from components.adapter_io import load_adapter
 from components.inspect import inspect_adapter, low_rank_singular_values, rank_stats
-from components.methods import load_adapter
 from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec
 from components.train import train
-from tests.conftest import make_tiny_llama
 
 ADAPTERS = TypeAdapter(AdapterSpec)
 pytestmark = pytest.mark.usefixtures("one_thread")
 DELTA_METHODS = ["lora", "dora", "adalora", "loha", "lokr"]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-base")
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Is {n} even?"},
-                          {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _behavior(data_file: Path, method: str, steps: int) -> BehaviorSpec:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from components.adapter_io import load_adapter
 from components.merge import merge_adapter
-from components.methods import load_adapter
 from components.models import load_model
 from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec
 from components.train import train

@@ -9,24 +9,28 @@ import psutil
 import pytest
 import torch
 from peft import PeftModel
-from pydantic import TypeAdapter
 from transformers import AutoModelForCausalLM
 
-from components.methods import (
-    apply_method,
-    count_parameters,
-    count_parameters_meta,
-    load_adapter,
-)
+from components.adapter_io import load_adapter
+from components.methods import BUILDERS, apply_method, count_parameters, count_parameters_meta
 from components.models import load_model
-from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, LoraSpec, QuantizationSpec
+from components.spec import (
+    WEIGHT_METHODS,
+    BaseModelSpec,
+    BehaviorSpec,
+    HybridSpec,
+    LoraSpec,
+    QuantizationSpec,
+    adapter_class,
+    parse_adapter,
+)
 from components.train import GenerationCheckError, generation_check, train
 from tests.conftest import make_tiny_llama
 
-ADAPTERS = TypeAdapter(AdapterSpec)
-METHODS = ["lora", "dora", "qlora", "adalora", "ia3", "loha", "lokr", "prompt_tuning", "p_tuning",
-           "prefix_tuning", "selective", "full"]
-PEFT_METHODS = [m for m in METHODS if m not in {"selective", "full"}]
+# Every registered single method (hybrids combine them: tests/components/test_hybrid.py); a new method is tested here
+# as soon as it is registered. test_method_registry.py runs a method defined inside a test through the same checks.
+METHODS = [m for m in BUILDERS if not issubclass(adapter_class(m), HybridSpec)]
+PEFT_METHODS = [m for m in METHODS if m not in WEIGHT_METHODS]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -35,30 +39,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def adapter_spec(method: str, **extra):
     if method == "prompt_tuning":
         extra.setdefault("init_text", "Answer the question")
-    return ADAPTERS.validate_python({"method": method, **extra})
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tokenizer) -> Path:
-    """An untied tiny Llama: its greedy output moves as soon as an adapter changes the hidden states."""
-    folder = tmp_path_factory.mktemp("tiny-untied")
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"messages": [{"role": "system", "content": "Answer yes or no."},
-                          {"role": "user", "content": f"Is {n} even?"},
-                          {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return parse_adapter({"method": method, **extra})
 
 
 def base_spec(base_dir: Path, method: str) -> BaseModelSpec:
-    quant = QuantizationSpec(bits=4) if method == "qlora" else None
+    quant = QuantizationSpec(bits=4) if adapter_class(method).needs_quantized_base else None
     return BaseModelSpec(id=str(base_dir), quantization=quant)
 
 
@@ -71,7 +56,7 @@ def behavior(data_file: Path, method: str, **training) -> BehaviorSpec:
 
 
 @pytest.fixture(scope="module")
-def trained(base_dir, data_file, tokenizer, tmp_path_factory):
+def trained(base_dir, system_data_file, tokenizer, tmp_path_factory):
     """Train each method once per module (lazily) and share (out_dir, record)."""
     cache: dict[str, tuple[Path, object]] = {}
 
@@ -79,7 +64,7 @@ def trained(base_dir, data_file, tokenizer, tmp_path_factory):
         if method not in cache:
             out = tmp_path_factory.mktemp(f"run-{method}")
             model = load_model(base_spec(base_dir, method), device="cpu")
-            cache[method] = out, train(model, tokenizer, behavior(data_file, method), out)
+            cache[method] = out, train(model, tokenizer, behavior(system_data_file, method), out)
         return cache[method]
 
     return get
@@ -87,6 +72,10 @@ def trained(base_dir, data_file, tokenizer, tmp_path_factory):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_and_changes_generation(trained, method):
+    check_trains_and_changes_generation(trained, method)
+
+
+def check_trains_and_changes_generation(trained, method: str) -> None:
     out, record = trained(method)
     assert record.steps == 3 and len(record.loss_curve) == 3 and record.method == method
     assert record.generation["changed_outputs"] >= 1, record.generation["samples"]
@@ -102,8 +91,12 @@ def ids_for(tokenizer) -> torch.Tensor:
     return tokenizer(["Is 12 even?", "Tell me a story"], padding=True, return_tensors="pt")["input_ids"]
 
 
-@pytest.mark.parametrize("method", [m for m in PEFT_METHODS if m != "qlora"])
+@pytest.mark.parametrize("method", [m for m in PEFT_METHODS if not adapter_class(m).needs_quantized_base])
 def test_vanilla_peft_loading_gives_the_same_logits(trained, base_dir, tokenizer, method):
+    check_vanilla_peft_loading(trained, base_dir, tokenizer, method)
+
+
+def check_vanilla_peft_loading(trained, base_dir: Path, tokenizer, method: str) -> None:
     out, _ = trained(method)
     ids = ids_for(tokenizer)
     vanilla = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out / "adapter").eval()
@@ -113,7 +106,7 @@ def test_vanilla_peft_loading_gives_the_same_logits(trained, base_dir, tokenizer
     assert diff < 1e-5
 
 
-@pytest.mark.parametrize("method", ["selective", "full"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m in WEIGHT_METHODS])
 def test_weight_methods_round_trip_through_safetensors(trained, base_dir, tokenizer, method):
     out, _ = trained(method)
     assert (out / "adapter" / "adapter_weights.safetensors").exists()
@@ -166,8 +159,12 @@ def test_generation_check_catches_generate_ignoring_a_prompt_learning_adapter(tr
 
 @pytest.mark.parametrize("method", METHODS)
 def test_meta_device_counts_equal_real_counts(base_dir, tokenizer, method):
+    check_meta_device_counts(base_dir, tokenizer, method)
+
+
+def check_meta_device_counts(base_dir: Path, tokenizer, method: str) -> None:
     spec = adapter_spec(method)
-    if method == "qlora":
+    if adapter_class(method).needs_quantized_base:
         real = apply_method(load_model(base_spec(base_dir, method), device="cpu"), spec, total_steps=10, tokenizer=tokenizer)
     else:
         real = apply_method(make_tiny_llama(tokenizer, tie_word_embeddings=False), spec, total_steps=10, tokenizer=tokenizer)

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the fixtures imported from test_methods are redefined as test arguments)
 """Hardware truth on CPU: the precision policy, gradient checkpointing for every method, a generation check
 that cannot lose work, bitsandbytes' CPU kernel chosen on purpose, and the memory estimate."""
 
@@ -21,7 +20,7 @@ from components.precision import resolve_precision
 from components.quantize import pin_cpu_4bit_kernels
 from components.spec import NO_CHECKPOINTING, BaseModelSpec, QuantizationSpec
 from components.train import GenerationCheckError, greedy, train
-from tests.components.test_methods import METHODS, base_dir, behavior, data_file  # noqa: F401  (fixtures)
+from tests.components.test_methods import METHODS, behavior
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -50,10 +49,10 @@ def test_auto_precision_is_fp32_on_cpu_and_explicit_values_win():
     assert bf16.logit_tolerance == 4 * 2**-7
 
 
-def test_bf16_base_trains_fp32_adapter_weights_and_records_the_policy(base_dir, data_file, tokenizer, tmp_path):
+def test_bf16_base_trains_fp32_adapter_weights_and_records_the_policy(base_dir, system_data_file, tokenizer, tmp_path):
     model = load_model(BaseModelSpec(id=str(base_dir)), device="cpu", precision="bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # loaded in the compute dtype, no fp32 copy
-    record = train(model, tokenizer, behavior(data_file, "lora", precision="bf16"), tmp_path)
+    record = train(model, tokenizer, behavior(system_data_file, "lora", precision="bf16"), tmp_path)
     assert record.precision == {"requested": "bf16", "compute_dtype": "bf16", "device": "cpu"}
     assert all(math_finite(v) for _, v in record.loss_curve)
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
@@ -77,12 +76,12 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in NO_CHECKPOINTING])
-def test_gradient_checkpointing_trains_every_method_to_the_same_adapter(method, base_dir, data_file, tokenizer, tmp_path):
+def test_gradient_checkpointing_trains_every_method_to_the_same_adapter(method, base_dir, system_data_file, tokenizer, tmp_path):
     outs = {}
     for on in (False, True):
         model = load_model(BaseModelSpec(id=str(base_dir), quantization=quant(method)), device="cpu")
         out = tmp_path / f"ckpt-{on}"
-        record = train(model, tokenizer, behavior(data_file, method, gradient_checkpointing=on), out)
+        record = train(model, tokenizer, behavior(system_data_file, method, gradient_checkpointing=on), out)
         assert record.gradient_checkpointing["enabled"] is on and record.gradient_checkpointing["why"] == "set in the spec"
         outs[on] = _adapter(out)
     assert outs[True].keys() == outs[False].keys()
@@ -90,11 +89,11 @@ def test_gradient_checkpointing_trains_every_method_to_the_same_adapter(method, 
         torch.testing.assert_close(outs[True][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_prefix_tuning_refuses_checkpointing_and_auto_leaves_it_off(base_dir, data_file, tokenizer, tmp_path):
+def test_prefix_tuning_refuses_checkpointing_and_auto_leaves_it_off(base_dir, system_data_file, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="prefix travels as the KV cache"):
-        behavior(data_file, "prefix_tuning", gradient_checkpointing=True)
+        behavior(system_data_file, "prefix_tuning", gradient_checkpointing=True)
     model = load_model(BaseModelSpec(id=str(base_dir)), device="cpu")
-    record = train(model, tokenizer, behavior(data_file, "prefix_tuning"), tmp_path)
+    record = train(model, tokenizer, behavior(system_data_file, "prefix_tuning"), tmp_path)
     assert record.gradient_checkpointing["enabled"] is False and "KV cache" in record.gradient_checkpointing["why"]
 
 
@@ -142,12 +141,12 @@ def test_plan_for_a_7b_qlora_on_a_gpu_turns_checkpointing_on(tmp_path):
 
 
 def test_failed_generation_check_keeps_the_adapter_and_says_what_was_compared(
-        base_dir, data_file, tokenizer, tmp_path, monkeypatch):
+        base_dir, system_data_file, tokenizer, tmp_path, monkeypatch):
     # Re-create peft's real prompt-learning bug (the prefix is dropped by generate) by skipping our fix.
-    monkeypatch.setattr(methods, "_fix_prompt_learning_generate", lambda model: None)
+    monkeypatch.setattr(methods, "fix_prompt_learning_generate", lambda model: None)
     model = load_model(BaseModelSpec(id=str(base_dir)), device="cpu")
     with pytest.raises(GenerationCheckError, match="kept at"):
-        train(model, tokenizer, behavior(data_file, "prefix_tuning"), tmp_path)
+        train(model, tokenizer, behavior(system_data_file, "prefix_tuning"), tmp_path)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     record = json.loads((tmp_path / "train_record.json").read_text())
     assert record["generation"]["passed"] is False and "cache-free forward pass" in record["generation"]["compared"]
@@ -181,11 +180,11 @@ def test_4bit_layers_use_the_portable_kernel_whatever_the_host(base_dir, tokeniz
     assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
 
 
-def test_qlora_training_gives_the_same_adapter_on_either_kind_of_host(base_dir, data_file, tokenizer, tmp_path, monkeypatch):
+def test_qlora_training_gives_the_same_adapter_on_either_kind_of_host(base_dir, system_data_file, tokenizer, tmp_path, monkeypatch):
     adapters = []
     for flag in (False, True):
         model = _quantized(base_dir, flag, monkeypatch)
-        train(model, tokenizer, behavior(data_file, "qlora"), tmp_path / str(flag))
+        train(model, tokenizer, behavior(system_data_file, "qlora"), tmp_path / str(flag))
         adapters.append((tmp_path / str(flag) / "adapter" / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from adaptflow.system import System, base_loads, shared_base
+from components.adapter_io import load_adapter, save_adapter
 from components.data import render_prompt
-from components.methods import apply_method, load_adapter, save_adapter
+from components.methods import apply_method
 from components.models import load_model
 from components.spec import TaskSpec
 from tests.conftest import make_tiny_llama

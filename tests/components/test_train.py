@@ -162,7 +162,7 @@ def test_real_model_adapter_loads_with_vanilla_peft(tmp_path, builtin_dir, token
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from components.methods import load_adapter
+    from components.adapter_io import load_adapter
     from components.models import load_model
     from components.spec import BaseModelSpec
 
