@@ -1,10 +1,11 @@
 """Measure the triage task: base exact-match, then train an adapter and measure it again.
 
-    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python specs/data/triage/measure.py --method lora --out /tmp/triage-lora
-    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python specs/data/triage/measure.py --method qlora --out /tmp/triage-qlora
+    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python -m bench.triage_measure --method lora --out /tmp/triage-lora
+    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python -m bench.triage_measure --method qlora --out /tmp/triage-qlora
 
-`--method qlora` trains the same spec's LoRA settings on a 4-bit NF4 (double-quant) base.
-Prompts are rendered with `components.data.render_prompt`, exactly as in training; the answer is
+`--method qlora` trains the same spec's LoRA settings on a 4-bit NF4 (double-quant) base. Training is
+`components.train.train`, the entry point `adaptflow run` trains through; this script adds the
+exact-match measurement before and after. Prompts are rendered with `components.data.render_prompt`, exactly as in training; the answer is
 the first line of the greedy output, lower-cased, trailing punctuation stripped. Prints a JSON
 summary and writes it to OUT/measure.json.
 """
@@ -19,15 +20,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from components.adapter_io import load_adapter
+from components.data import Example, load_examples, prompt_messages, render_prompt
+from components.models import load_model, load_tokenizer, resolve_model
+from components.spec import QLoraSpec, QuantizationSpec, TaskSpec
+from components.specload import load_spec
+from components.train import prepare_data, train
 
-from components.data import Example, load_examples, prompt_messages, render_prompt  # noqa: E402
-from components.methods import load_adapter  # noqa: E402
-from components.models import load_model, load_tokenizer, resolve_model  # noqa: E402
-from components.spec import QLoraSpec, QuantizationSpec, TaskSpec  # noqa: E402
-from components.specload import load_spec  # noqa: E402
-from components.train import prepare_data, train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def normalize(text: str) -> str:

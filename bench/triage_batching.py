@@ -1,6 +1,6 @@
 """Packing vs length-grouped padding on the built-in model: speed at equal loss.
 
-    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python specs/data/triage/bench_batching.py [--batches 6]
+    ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python -m bench.triage_batching [--batches 6]
 
 Times forward+backward of LoRA on the same micro-batches laid out three ways, interleaved so that
 load from other processes hits every layout alike:
@@ -8,27 +8,26 @@ load from other processes hits every layout alike:
   padded          the same examples right-padded (attention mask)
   grouped         length-grouped batches (what `packing: false` trains on), right-padded
 `packed` and `padded` hold the same examples, so their losses must agree (checked); `grouped`
-batches hold different examples of similar length, so only its speed is compared.
+batches hold different examples of similar length, so only its speed is compared. The batches are
+`components.batching`'s and the loss is `components.train.batch_loss`, what the training loop computes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from components.batching import collate, epoch_batches
+from components.methods import apply_method
+from components.models import load_model, load_tokenizer
+from components.specload import load_spec
+from components.train import batch_loss, prepare_data
 
-from components.batching import collate, epoch_batches  # noqa: E402
-from components.methods import apply_method  # noqa: E402
-from components.models import load_model, load_tokenizer  # noqa: E402
-from components.specload import load_spec  # noqa: E402
-from components.train import batch_loss, prepare_data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_step(model, batch) -> tuple[float, float]:
