@@ -32,6 +32,7 @@ from peft import (
     PromptTuningConfig,
     PromptTuningInit,
     TaskType,
+    VeraConfig,
     get_peft_model,
 )
 
@@ -50,6 +51,7 @@ from components.spec import (
     PromptTuningSpec,
     PTuningSpec,
     SelectiveSpec,
+    VeraSpec,
     adapter_methods,
     remove_adapter_class,
 )
@@ -181,6 +183,11 @@ def build_full(spec: FullSpec, ctx: BuildContext) -> WeightSelection:
     return WeightSelection(None)
 
 
+def build_vera(spec: VeraSpec, ctx: BuildContext) -> VeraConfig:
+    return VeraConfig(task_type=CAUSAL_LM, r=spec.r, d_initial=spec.d_initial, target_modules=spec.target_modules,
+                      save_projection=True)  # the projections travel in the folder: vanilla peft loads it
+
+
 def build_hybrid(spec: HybridSpec, ctx: BuildContext) -> hybrid.HybridBuild:
     names = hybrid.part_names([p.method for p in spec.parts])
     parts = tuple((name, BUILDERS[p.method](p, ctx)) for name, p in zip(names, spec.parts, strict=True))
@@ -199,6 +206,7 @@ register("p_tuning", build_p_tuning)
 register("prefix_tuning", build_prefix_tuning)
 register("selective", build_selective)
 register("full", build_full)
+register("vera", build_vera)
 register("hybrid", build_hybrid)  # components/hybrid.py: PeftMixedModel, or a soft prompt over a LoRA
 check_registry()
 

@@ -440,6 +440,15 @@ class FullSpec(_WeightTraining):
     compare_default = True
 
 
+class VeraSpec(AdapterBase):
+    method: Literal["vera"] = "vera"
+    r: int = Field(256, ge=1, le=MAX_RANK, description="rank of the shared random projections")
+    d_initial: float = Field(0.1, gt=0, le=10.0, description="initial value of the trainable vector d")
+    target_modules: TargetModules = ["q_proj", "v_proj"]
+    lr_family = "ia3"  # it trains scaling vectors, as IA3 does: IA3's rate, not LoRA's
+    shares_base_lane = False  # every VeRA adapter in one PeftModel must share its projections: give each a copy
+
+
 MIXED_PARTS = MethodSet(lambda cls: "mixed" in cls.hybrid_roles)  # tuners peft's PeftMixedModel trains together
 PROMPT_PARTS = MethodSet(lambda cls: "prompt" in cls.hybrid_roles)  # a soft prompt on top of one low-rank part
 UNDER_PROMPT = MethodSet(lambda cls: "under_prompt" in cls.hybrid_roles)  # the low-rank part under a soft prompt

@@ -39,9 +39,9 @@ def test_a_second_registration_is_refused():
 
 
 def test_a_builder_without_a_spec_class_is_refused():
-    with pytest.raises(ValueError, match=r"'vera' has no spec class .* `method: Literal\['vera'\]`"):
-        methods.register("vera", methods.build_lora)
-    assert "vera" not in methods.BUILDERS
+    with pytest.raises(ValueError, match=r"'boft' has no spec class .* `method: Literal\['boft'\]`"):
+        methods.register("boft", methods.build_lora)
+    assert "boft" not in methods.BUILDERS
 
 
 def test_the_method_tests_cover_every_registered_single_method():

@@ -122,6 +122,16 @@ def test_each_arrangement_computes_what_a_dedicated_model_computes(tokenizer, ad
         assert torch.allclose(system_logits(systems[name], enc, use_adapter=False), plain, atol=1e-5), name
 
 
+def test_a_method_whose_trait_says_no_shared_lane_is_served_on_its_own_base_copy(tokenizer, base, tmp_path):
+    """VeRA's spec class says shares_base_lane = False: no lane, a private copy, the dedicated model's logits."""
+    spec = task_spec(base, {"method": "vera", "r": 16}, "vera")
+    adapter_dir = make_adapter(tokenizer, spec, 6, tmp_path / "vera")
+    system = System("vera@v1", spec, adapter_dir, None)
+    assert system.adapter_name is None and system._private_model is not None
+    enc = encode(tokenizer, QUESTIONS[1])
+    assert torch.allclose(system_logits(system, enc), last_logits(dedicated(spec, adapter_dir), enc), atol=1e-5)
+
+
 def test_lora_answers_match_a_dedicated_model(tokenizer, adapters, systems):
     answers = {name: systems[name].query(QUESTIONS[0]).answer for name in ("lora-a", "lora-b", "plain")}
     for name in ("lora-a", "lora-b"):
