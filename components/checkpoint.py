@@ -2,10 +2,11 @@
 
 A checkpoint is a folder `checkpoints/step-000120/` holding the trainable tensors, the optimizer
 state (tensors in safetensors, the rest in JSON), the scheduler state, the RNG states, the data
-position and the loss history. It is built in a `.tmp-*` folder, every file is fsynced, and
+position and the loss history. It is built in a temp folder, every file is fsynced, and
 `complete.json` (the sha256 of every other file) is written last before the folder is renamed
-into place. On resume the newest folder whose `complete.json` exists and whose hashes match wins;
-a torn one (killed mid-write, truncated, edited) is reported and skipped.
+into place (components.fileio.publish_verified_dir). On resume the newest folder whose
+`complete.json` exists and whose hashes match wins; a torn one (killed mid-write, truncated,
+edited) is reported and skipped.
 
 A checkpoint is also *good* only if the loss of its step was finite and its trainable weights
 are finite and bounded (max |w| <= MAX_ABS_WEIGHT): a run that diverged once left a "last good"
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.registry_files import fsync_path, sha256_file
+from components.fileio import atomic_write_json, json_text, publish_verified_dir, verify_dir
 
 PREFIX, COMPLETE, DIVERGED = "step-", "complete.json", "diverged.json"
 # Trainable weights of a healthy run stay O(1): LoRA factors ~1e-2, full fine-tuning < 1e2 (the tiny test
@@ -37,7 +37,7 @@ MAX_ABS_WEIGHT = 1e4
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    path.write_text(json_text(data, indent=1, sort_keys=True))
 
 
 # --- optimizer / scheduler / RNG <-> tensors + JSON ------------------------------------------
@@ -129,28 +129,26 @@ def save_checkpoint(
     method_tensors: dict[str, torch.Tensor] | None = None, method_meta: dict | None = None, keep: int = 2,
 ) -> Path:
     """Write checkpoint `step` atomically; keep the newest `keep` complete ones."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{PREFIX}{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    opt_tensors, opt_meta = _optimizer_split(optimizer)
-    save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, tmp / "trainable.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file(_rng_tensors(), tmp / "rng.safetensors")
-    save_file(method_tensors or {}, tmp / "method.safetensors")
-    _write_json(tmp / "optimizer.json", opt_meta)
-    _write_json(tmp / "scheduler.json", scheduler.state_dict())
-    _write_json(tmp / "trainer_state.json", {**trainer_state, "python_rng": _python_rng()})
-    _write_json(tmp / "method.json", method_meta or {})
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    for name in files:
-        fsync_path(tmp / name)
+    for stale in root.glob(f".{PREFIX}*.tmp-*"):  # left by a killed run (one trainer writes a checkpoint folder)
+        shutil.rmtree(stale, ignore_errors=True)
     health = weights_health(params, _last_loss(trainer_state))
-    _write_json(tmp / COMPLETE, {"step": step, "files": files, "health": health})
-    fsync_path(tmp / COMPLETE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+
+    def fill(tmp: Path) -> None:
+        opt_tensors, opt_meta = _optimizer_split(optimizer)
+        save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, tmp / "trainable.safetensors")
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        save_file(_rng_tensors(), tmp / "rng.safetensors")
+        save_file(method_tensors or {}, tmp / "method.safetensors")
+        _write_json(tmp / "optimizer.json", opt_meta)
+        _write_json(tmp / "scheduler.json", scheduler.state_dict())
+        _write_json(tmp / "trainer_state.json", {**trainer_state, "python_rng": _python_rng()})
+        _write_json(tmp / "method.json", method_meta or {})
+
+    def record(facts: dict[str, dict]) -> dict:
+        return {"step": step, "files": {name: f["sha256"] for name, f in facts.items()}, "health": health}
+
+    publish_verified_dir(final, fill, COMPLETE, record, text=lambda data: json_text(data, indent=1, sort_keys=True))
     good = [c for c in complete_checkpoints(root) if _recorded_health_ok(c)]
     for old in good[:-keep]:  # unhealthy ones never push a good one out
         shutil.rmtree(old, ignore_errors=True)
@@ -169,9 +167,8 @@ def is_complete(folder: Path) -> bool:
     if not marker.exists():
         return False
     try:
-        files = json.loads(marker.read_text())["files"]
-        return all((folder / n).exists() and sha256_file(folder / n) == h for n, h in files.items())
-    except (OSError, ValueError, KeyError):
+        return not verify_dir(folder, json.loads(marker.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -217,9 +214,7 @@ def record_divergence(root: Path, step: int, what: str, lr: float) -> Path | Non
     root.mkdir(parents=True, exist_ok=True)
     good = latest_checkpoint(root, log=lambda _msg: None)
     record = {"step": step, "what": what, "lr": lr, "last_good": good.name if good else None}
-    tmp = root / (DIVERGED + ".tmp")
-    _write_json(tmp, record)
-    os.replace(tmp, root / DIVERGED)
+    atomic_write_json(root / DIVERGED, record, indent=1, sort_keys=True)
     return good
 
 

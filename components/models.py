@@ -12,14 +12,21 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from components.fileio import (
+    adaptflow_home,
+    atomic_write_json,
+    json_text,
+    publish_verified_dir,
+    sha256_file,
+    stat_stamp,
+    verify_dir,
+)
 from components.remote_code import check_pin
 from components.spec import BUILTIN_MODEL, BaseModelSpec
 
@@ -30,18 +37,6 @@ MARKER = "adaptflow-cache.json"
 
 class ModelNotFoundError(FileNotFoundError):
     pass
-
-
-def adaptflow_home() -> Path:
-    return Path(os.environ.get("ADAPTFLOW_HOME", Path.home() / ".cache" / "adaptflow"))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -80,17 +75,16 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     del model.config.quantization_config
     model.hf_quantizer = None
     model.config.name_or_path = BUILTIN_MODEL
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        weights = tmp / "model.safetensors"
-        marker = {"source": gguf.name, "source_sha256": sha256_file(gguf), "weights_sha256": sha256_file(weights)}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def record(facts: dict[str, dict]) -> dict:
+        return {"source": gguf.name, "source_sha256": sha256_file(gguf),
+                "weights_sha256": facts["model.safetensors"]["sha256"]}
+
+    publish_verified_dir(target, fill, MARKER, record)
 
 
 def builtin_model_dir(name: str = BUILTIN_MODEL, verify: bool = True) -> Path:
@@ -114,29 +108,14 @@ def _hash_ok(target: Path) -> bool:
     skips re-hashing an untouched file (git's index does the same), any write to it forces a full check."""
     marker = json.loads((target / MARKER).read_text())
     weights = target / "model.safetensors"
-    stamp = _stat_stamp(weights)
+    stamp = stat_stamp(weights)
     if marker.get("verified_stat") == stamp:
         return True
     if sha256_file(weights) != marker["weights_sha256"]:
         return False
     marker["verified_stat"] = stamp
-    tmp = target / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, target / MARKER)
+    atomic_write_json(target / MARKER, marker)
     return True
-
-
-def _stat_stamp(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-
-
-def _matches(path: Path, sha256: str | None, stamp: list[int] | None) -> bool:
-    """The file has this sha256: trusted without reading it when its stat stamp is the recorded one."""
-    try:
-        return _stat_stamp(path) == stamp or sha256_file(path) == sha256
-    except OSError:
-        return False
 
 
 def resolve_model(spec: BaseModelSpec, verify: bool = True) -> ResolvedModel:
@@ -159,7 +138,7 @@ def _weights_sha256(path: Path) -> str:
     variant resolve the model). The stamps live under $ADAPTFLOW_HOME, never in the user's folder."""
     path = path.resolve()
     record = adaptflow_home() / "models" / "hashes" / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json")
-    stamp = _stat_stamp(path)
+    stamp = stat_stamp(path)
     try:
         known = json.loads(record.read_text())
         if known["path"] == str(path) and known["stat"] == stamp:
@@ -167,12 +146,10 @@ def _weights_sha256(path: Path) -> str:
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         pass
     digest = sha256_file(path)
-    if _stat_stamp(path) == stamp:  # unchanged while we read it: safe to remember
+    if stat_stamp(path) == stamp:  # unchanged while we read it: safe to remember
         try:
             record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"path": str(path), "stat": stamp, "sha256": digest}))
-            os.replace(tmp, record)
+            atomic_write_json(record, {"path": str(path), "stat": stamp, "sha256": digest})
         except OSError:
             pass  # a read-only cache only costs the next call a re-hash
     return digest
@@ -261,7 +238,7 @@ def _load_quantized_cache(folder: Path, kwargs: dict):
         files = json.loads((folder / QUANTIZED_MARKER).read_text())["files"]
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    if not all(_matches(folder / name, want.get("sha256"), want.get("stat")) for name, want in files.items()):
+    if verify_dir(folder, files):
         shutil.rmtree(folder, ignore_errors=True)  # torn, altered or an older format: quantize again from the source
         return None
     load = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "revision")}
@@ -270,20 +247,19 @@ def _load_quantized_cache(folder: Path, kwargs: dict):
 
 def _save_quantized_cache(model, folder: Path) -> None:
     """Write the quantized model next to the other caches: temp folder, hash marker, rename (atomic)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp)
-        files = {path.name: {"sha256": sha256_file(path), "stat": _stat_stamp(path)}  # a rename keeps the stamp
-                 for path in sorted(tmp.glob("*.safetensors"))}
+
+    def record(facts: dict[str, dict]) -> dict:
+        files = {name: {"sha256": f["sha256"], "stat": f["stat"]}  # a rename keeps the stamp
+                 for name, f in facts.items() if name.endswith(".safetensors")}
         if not files:
-            return
-        (tmp / QUANTIZED_MARKER).write_text(json.dumps({"files": files}, indent=1))
-        os.rename(tmp, folder)
+            raise OSError(f"save_pretrained wrote no safetensors into the cache folder for {folder}")
+        return {"files": files}
+
+    try:
+        publish_verified_dir(folder, model.save_pretrained, QUANTIZED_MARKER, record,
+                             text=lambda data: json_text(data, indent=1), existing="keep")
     except OSError:
-        pass  # another process published it first, or the disk is full: the model in memory is fine
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        pass  # the disk is full or read-only: the model in memory is fine, the next load quantizes again
 
 
 def _release_checkpoint_mapping(model) -> None:

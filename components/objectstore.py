@@ -10,7 +10,6 @@ from the store's own configuration (for S3: AWS_* variables, ~/.aws, AWS_ENDPOIN
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,8 +24,8 @@ from typing import Any
 
 import fsspec
 
-from components.models import sha256_file
-from components.registry_files import CHUNK, RegistryError, RegistryIntegrityError, dumps, walk_files
+from components.fileio import rename_into_place, seal_dir, sha256_file, stage_dir
+from components.registry_files import RegistryError, RegistryIntegrityError, dumps, walk_files
 
 LEASE_S = 900.0  # a lock older than this is abandoned: its holder died (a live holder renews it)
 
@@ -142,41 +141,31 @@ class ObjectStore:
         for name in names:
             self.fs.copy(self.key(f"{src_rel}/{name}"), self.key(f"{dst_rel}/{name}"))
 
-    def download_tree(self, rel: str, files: dict[str, str], dst: Path, extra: dict[str, bytes] | None = None) -> Path:
-        """Fetch `files` under `rel` into the new local folder `dst`, each checked against its sha256.
-
-        The download lands in a temp folder beside `dst` and is renamed into place, so a reader of
-        `dst` sees a complete, verified copy or nothing. A mismatch raises RegistryIntegrityError.
+    def download_tree(self, rel: str, files: dict[str, str], dst: Path, marker: tuple[str, str] | None = None) -> Path:
+        """Fetch `files` under `rel` into the new local folder `dst`, each checked against its sha256; `marker`
+        (name, text) is written last (components.fileio: temp folder beside `dst`, fsync, one rename), so a reader
+        of `dst` sees a complete, verified copy or nothing. A mismatch raises RegistryIntegrityError.
         """
         if dst.is_dir():
             return dst
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            bad: list[str] = []
-            for name, sha in sorted(files.items()):
-                target = tmp / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256()
-                with self.fs.open(self.key(f"{rel}/{name}"), "rb") as fin, open(target, "wb") as fout:
-                    while block := fin.read(CHUNK):
-                        digest.update(block)
-                        fout.write(block)
-                if digest.hexdigest() != sha:
-                    bad.append(name)
-            if bad:
-                raise RegistryIntegrityError(
-                    f"{self.full_url(rel)}: {', '.join(bad)} do not match the manifest's sha256; the remote copy is "
-                    "damaged or was overwritten. Publish the run's outputs again to get a good version", bad)
-            for name, data in (extra or {}).items():
-                (tmp / name).write_bytes(data)
-            try:
-                os.rename(tmp, dst)
-            except OSError:
-                if not dst.is_dir():  # not a concurrent reader that finished first
-                    raise
-        finally:
+
+        def fill(tmp: Path) -> None:
+            for name in sorted(files):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(self.key(f"{rel}/{name}"), str(tmp / name))
+
+        tmp, facts = stage_dir(dst.parent, fill, prefix=f".{dst.name}.")
+        bad = sorted(name for name, sha in files.items() if facts.get(name, {}).get("sha256") != sha)
+        if bad:
             shutil.rmtree(tmp, ignore_errors=True)
+            raise RegistryIntegrityError(
+                f"{self.full_url(rel)}: {', '.join(bad)} do not match the manifest's sha256; the remote copy is "
+                "damaged or was overwritten. Publish the run's outputs again to get a good version", bad)
+        name, text = marker or (None, None)
+        if name is None:
+            rename_into_place(tmp, dst, existing="keep")  # a concurrent reader that finished first is as good
+        else:
+            seal_dir(tmp, dst, name, text, text=str, existing="keep")
         return dst
 
     # --- the lock -----------------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """The registry: immutable, content-addressed versions of a task's artifacts, plus movable aliases.
 
-Helpers live beside it: `registry_files` (errors, hashing, durable writes, the content digest),
+Helpers live beside it: `registry_files` (errors, the manifest's JSON, the content digest),
 `registry_lineage` (`manifest_base`: library versions, git commit, spec hash), `registry_diff`.
-(Not a `components/registry/` package: .gitignore's `registry/` would hide it from git.)
+Hashing, fsync and the temp-folder-then-rename recipe are components.fileio's.
 
 ```
 <root>/<name>/v<N>/manifest.json   the manifest (see `publish`) + "files": {relpath: sha256}
 <root>/<name>/v<N>/...             whatever the staging folder held (adapter/, index/, eval/)
 <root>/<name>/aliases.json         {"latest": 4, "production": 3}
 <root>/<name>/.lock                serialises publishes and alias moves across processes
-<root>/<name>/.tmp-<pid>-<id>-<host>/   a publish in progress; never listed, removed if its owner died
+<root>/<name>/.tmp-<pid>-<random>-<host>/   a publish in progress; never listed, removed if its owner died
 ```
 
 A version appears by one `rename` of a complete, fsynced temp folder, so readers see all of it
@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from components.fileio import atomic_write_text, rename_into_place, sha256_file, stage_dir, verify_dir
 from components.objectstore import is_url, url_from_path
 from components.registry_diff import diff_manifests
 from components.registry_files import (
@@ -42,13 +42,11 @@ from components.registry_files import (
     MANIFEST,
     RegistryError,
     RegistryIntegrityError,
-    atomic_write_json,
     content_digest,
-    copy_tree_hashed,
-    fsync_path,
+    copy_files,
+    dumps,
     hash_tree,
     read_json,
-    sha256_file,
     to_json_data,
     walk_files,
     write_json_durable,
@@ -180,9 +178,10 @@ class Registry:
         files = data["files"]
         name_dir = self.root / name
         name_dir.mkdir(parents=True, exist_ok=True)
-        tmp = name_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{socket.gethostname()}"
+        tmp, facts = stage_dir(name_dir, lambda tmp: copy_files(staging, tmp),  # the slow part, outside the lock
+                               prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f"-{socket.gethostname()}")
         try:
-            copied = copy_tree_hashed(staging, tmp)  # the slow part, outside the lock
+            copied = {rel: f["sha256"] for rel, f in facts.items()}  # what landed, hashed after fsync
             if copied != files:
                 changed = sorted(set(copied.items()) ^ set(files.items()))
                 raise RegistryError(
@@ -238,11 +237,9 @@ class Registry:
         full = {"version": number, "name": name, "created_at": created_at, "content_digest": digest, **data}
         full["files"] = full.pop("files")  # keep the long list at the end of the file
         write_json_durable(tmp / MANIFEST, full)
-        fsync_path(tmp)
         if final.exists():
             raise RegistryError(f"{final} already exists although it is not the highest version; remove the stray folder")
-        os.rename(tmp, final)
-        fsync_path(final.parent)
+        rename_into_place(tmp, final, existing="error")
         moved = self._move_aliases_locked(name, number, aliases, full)
         return Version(name, number, final, full, created=True, moved_aliases=moved)
 
@@ -259,7 +256,7 @@ class Registry:
         return tuple(allowed)
 
     def _write_aliases(self, name: str, table: dict[str, int]) -> None:
-        atomic_write_json(self.root / name / ALIASES, dict(sorted(table.items())))
+        atomic_write_text(self.root / name / ALIASES, dumps(dict(sorted(table.items()))))
 
     def _clean_stale_temps(self, name_dir: Path) -> None:
         """Remove temp folders left by publishers that died (same host, pid gone) or are a day old."""
@@ -378,10 +375,10 @@ class Registry:
         expected = version.manifest.get("files")
         if not isinstance(expected, dict):
             raise RegistryIntegrityError(f"{version.path / MANIFEST} has no `files` table; the version is corrupt", [MANIFEST])
-        actual = set(walk_files(version.path)) - {MANIFEST}
-        missing = sorted(set(expected) - actual)
-        extra = sorted(actual - set(expected))
-        modified = sorted(rel for rel in set(expected) & actual if sha256_file(version.path / rel) != expected[rel])
+        found = verify_dir(version.path, expected)
+        missing = sorted(rel for rel, problem in found.items() if problem == "missing")
+        modified = sorted(rel for rel, problem in found.items() if problem != "missing")
+        extra = sorted(set(walk_files(version.path)) - {MANIFEST} - set(expected))
         problems = [f"{kind} {rel}" for kind, rels in (("modified", modified), ("missing", missing), ("extra", extra))
                     for rel in rels]
         if content_digest(version.manifest) != version.manifest.get("content_digest"):

@@ -1,8 +1,7 @@
-"""Bytes on disk for the registry (components.registry): errors, file hashes, durable copies and writes, the content digest.
+"""Bytes on disk for the registry (components.registry): errors, the manifest's JSON, the content digest.
 
-Durability matters because a version is published by renaming a temp folder: the rename is
-atomic, but only fsync makes sure the files it points at reached the disk first. Without it a
-power cut right after publish could leave a visible `v<N>` with empty files.
+Hashing, fsync and the temp-folder-then-rename recipe are components.fileio's, as for every other
+folder Adaptflow publishes; this module adds the registry's own rules (real files only, strict JSON).
 """
 
 from __future__ import annotations
@@ -11,13 +10,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import shutil
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from components.models import sha256_file
+from components.fileio import json_text, sha256_file, write_durable
 
 
 class RegistryError(Exception):
@@ -32,7 +31,6 @@ class RegistryIntegrityError(RegistryError):
         self.files = files or []
 
 
-CHUNK = 1 << 22
 MANIFEST = "manifest.json"
 # Keys the registry assigns at publish; a caller's manifest must not set them.
 ASSIGNED_KEYS = ("version", "created_at", "content_digest", "files")
@@ -65,65 +63,19 @@ def hash_tree(root: Path) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in walk_files(root)}
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file (its bytes) or a folder (its entries: new names, renames; not available on Windows)."""
-    if os.name != "posix" and Path(path).is_dir():
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def copy_tree_hashed(src: Path, dst: Path) -> dict[str, str]:
-    """Copy every file of `src` into the new folder `dst`, fsynced; return the hashes of the bytes written.
-
-    Hashing while copying (rather than trusting an earlier hash of `src`) means the manifest
-    describes exactly what landed in the version, even if `src` changes underneath us.
-    """
-    dst.mkdir(parents=True)
-    hashes: dict[str, str] = {}
+def copy_files(src: Path, dst: Path) -> None:
+    """Copy every file of `src` (`walk_files`: real files only) into the folder `dst`."""
     for rel in walk_files(src):
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with open(src / rel, "rb") as fin, open(target, "xb") as fout:
-            while block := fin.read(CHUNK):
-                digest.update(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-        hashes[rel] = digest.hexdigest()
-    for dirpath, _, _ in sorted(os.walk(dst), key=lambda t: -len(t[0])):
-        fsync_path(Path(dirpath))
-    return hashes
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dst / rel)
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json_text(data, ensure_ascii=False, allow_nan=False)
 
 
 def write_json_durable(path: Path, data: Any) -> None:
-    with open(path, "x", encoding="utf-8") as fh:
-        fh.write(dumps(data))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Replace `path` so that readers see the old or the new content, never half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dumps(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    write_durable(path, dumps(data), exclusive=True)
 
 
 def read_json(path: Path) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.models import adaptflow_home
+from components.fileio import adaptflow_home, publish_verified_dir
 from components.objectstore import ObjectStore
 from components.registry import (
     ALIASES,
@@ -45,7 +44,7 @@ from components.registry_files import (
     MANIFEST,
     RegistryError,
     RegistryIntegrityError,
-    copy_tree_hashed,
+    copy_files,
     dumps,
 )
 
@@ -109,15 +108,17 @@ class ObjectRegistry(Registry):
         """The publisher already has the bytes: seed the cache so opening this version downloads nothing."""
         if version.path.is_dir():
             return
-        tmp = version.path.parent / f".{version.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+
+        def record(facts: dict[str, dict]) -> dict:
+            if {rel: f["sha256"] for rel, f in facts.items()} != version.files:
+                raise OSError(f"{staging} changed since it was published")
+            return version.manifest
+
         try:
-            if copy_tree_hashed(staging, tmp) == version.files:
-                (tmp / MANIFEST).write_text(dumps(version.manifest), encoding="utf-8")
-                tmp.rename(version.path)
+            publish_verified_dir(version.path, lambda tmp: copy_files(staging, tmp), MANIFEST, record, text=dumps,
+                                 existing="keep")
         except OSError as exc:
             log.info("not caching %s locally (%s); the first open downloads it", version.ref, exc)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _clean_stale(self, name: str) -> None:
         """Under the lock: drop temp prefixes a day old and versions whose publisher died before the manifest."""
@@ -180,7 +181,7 @@ class ObjectRegistry(Registry):
             raise RegistryIntegrityError(f"{self.root}/{version.name}/v{version.number}/{MANIFEST} has no `files` "
                                          "table; the version is corrupt", [MANIFEST])
         self.store.download_tree(f"{version.name}/v{version.number}", files, version.path,
-                                 extra={MANIFEST: dumps(version.manifest).encode()})
+                                 marker=(MANIFEST, dumps(version.manifest)))
         return version
 
     def open(self, ref: str, verify: bool = True) -> Version:

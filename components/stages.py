@@ -4,7 +4,8 @@ Each stage (train, index, eval) stores its output folder under
 `$ADAPTFLOW_HOME/stages/<stage>/<key>/`, where key hashes the stage's resolved inputs: its spec
 section, data file hashes, upstream digests and the source of the code that computes it.
 Work happens in `<key>.work/` (training checkpoints live there, so a killed run resumes) and
-is renamed into place when complete, so a finished folder is never partial.
+is fsynced, marked and renamed into place when complete (components.fileio), so a finished folder
+is never partial.
 
 With `ADAPTFLOW_STAGES` set to a remote fsspec URL (s3://bucket/stages), finished outputs are also
 shared through it, so a second machine or worker reuses them: a commit uploads the folder under a
@@ -27,7 +28,7 @@ from types import ModuleType
 
 from filelock import FileLock
 
-from components.models import adaptflow_home, sha256_file
+from components.fileio import adaptflow_home, atomic_write_text, fsync_tree, seal_dir, sha256_file
 from components.objectstore import ObjectStore, is_url
 
 DONE = "stage.json"
@@ -69,8 +70,8 @@ class StageStore:
         if not isinstance(marker, dict):
             return None
         files, prefix = marker.pop("files"), marker.pop("prefix")
-        extra = {DONE: json.dumps(marker, indent=2, default=str).encode()}
-        return self.remote.download_tree(f"{stage}/{key}/{prefix}", files, self.root / stage / key, extra=extra)
+        return self.remote.download_tree(f"{stage}/{key}/{prefix}", files, self.root / stage / key,
+                                         marker=(DONE, json.dumps(marker, indent=2, default=str)))
 
     def _share(self, stage: str, key: str, folder: Path, info: dict) -> None:
         """Upload a finished output; the marker, created last and only if absent, publishes it."""
@@ -97,11 +98,10 @@ class StageStore:
             for entry in work.iterdir():
                 if entry.name not in keep:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        (work / DONE).write_text(json.dumps({"stage": stage, "key": key, **info}, indent=2, default=str))
         final = self.root / stage / key
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
+        fsync_tree(work)
+        seal_dir(work, final, DONE, {"stage": stage, "key": key, **info},
+                 text=lambda data: json.dumps(data, indent=2, default=str))
         if self.remote:
             self._share(stage, key, final, {"stage": stage, "key": key, **info})
         return final
@@ -117,9 +117,6 @@ class StageStore:
         return None
 
     def set_pointer(self, stage: str, name: str, key: str) -> None:
-        ref = self.root / stage / f"latest-{name}.txt"
-        tmp = ref.with_suffix(".tmp")
-        tmp.write_text(key)
-        os.replace(tmp, ref)
+        atomic_write_text(self.root / stage / f"latest-{name}.txt", key)
         if self.remote:
             self.remote.fs.pipe_file(self.remote.key(f"{stage}/latest-{name}.txt"), key.encode())

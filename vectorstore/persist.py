@@ -6,11 +6,7 @@ whose files do not match (truncated, bit-flipped, swapped), naming the file and 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ from typing import Any
 import faiss
 from filelock import FileLock
 
+from components.fileio import publish_verified_dir, verify_dir
 from vectorstore.docstore import DOCSTORE_FILE, read_docstore
 
 INDEX_FILE, INFO_FILE = "index.faiss", "index.json"
@@ -44,22 +41,6 @@ class IndexIntegrityError(ValueError):
     """An index folder that is incomplete, damaged, or does not match its index.json."""
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_info(index_dir: Path) -> dict[str, Any]:
     path = Path(index_dir) / INFO_FILE
     try:
@@ -75,17 +56,14 @@ def read_info(index_dir: Path) -> dict[str, Any]:
 
 def verify_files(index_dir: Path, info: dict[str, Any]) -> None:
     """Check each file's size and sha256 against index.json."""
-    for name, expected in info["files"].items():
+    for name, problem in verify_dir(index_dir, info["files"]).items():
         path = Path(index_dir) / name
-        if not path.is_file():
+        if problem == "missing":
             raise IndexIntegrityError(f"{path}: missing (listed in index.json); restore the folder or rebuild the index")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise IndexIntegrityError(
-                f"{path}: {size} bytes but index.json records {expected['bytes']} (truncated or replaced); rebuild the index"
-            )
-        if sha256_file(path) != expected["sha256"]:
-            raise IndexIntegrityError(f"{path}: sha256 does not match index.json (the file is corrupted); rebuild the index")
+        if problem == "bytes":
+            raise IndexIntegrityError(f"{path}: {path.stat().st_size} bytes but index.json records "
+                                      f"{info['files'][name]['bytes']} (truncated or replaced); rebuild the index")
+        raise IndexIntegrityError(f"{path}: sha256 does not match index.json (the file is corrupted); rebuild the index")
 
 
 def read_faiss(path: Path) -> faiss.Index:
@@ -117,32 +95,23 @@ def open_index_dir(index_dir: Path, verify: bool = True) -> tuple[dict[str, Any]
 
 
 def write_index_dir(out_dir: Path, writers: dict[str, Callable[[Path], None]], info: dict[str, Any]) -> dict[str, Any]:
-    """Write each file via its writer into a temp folder next to out_dir, add hashes to info, then swap it in.
+    """Write each file via its writer into a temp folder next to out_dir, record their hashes in index.json,
+    then swap it in (components.fileio.publish_verified_dir).
 
     index.json gets `info` without its volatile facts (`split_volatile`); the full info is returned."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    full: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        for name, write in writers.items():
+            write(tmp / name)
+
+    def record(facts: dict[str, dict]) -> dict[str, Any]:
+        files = {name: {"sha256": facts[name]["sha256"], "bytes": facts[name]["bytes"]} for name in writers}
+        full.update(info, files=files)
+        return split_volatile(full)[0]
+
     with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
-            files = {}
-            for name, write in writers.items():
-                write(tmp / name)
-                _fsync(tmp / name)
-                files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            info = {**info, "files": files}
-            stable, _ = split_volatile(info)
-            (tmp / INFO_FILE).write_text(json.dumps(stable, indent=2) + "\n", encoding="utf-8")
-            _fsync(tmp / INFO_FILE)
-            old = None
-            if out_dir.exists():
-                old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-                shutil.rmtree(old, ignore_errors=True)
-                out_dir.rename(old)
-            tmp.rename(out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return info
+        publish_verified_dir(out_dir, fill, INFO_FILE, record)
+    return full
