@@ -18,26 +18,35 @@ or none of it; numbers are assigned under the lock, so concurrent publishers get
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from components.fileio import atomic_write_text, rename_into_place, sha256_file, stage_dir, verify_dir
-from components.objectstore import is_url, url_from_path
+from components.fileio import atomic_write_text, rename_into_place, sha256_file, stage_dir
+from components.objectstore import is_url
+from components.registry_core import (
+    ALIASES,
+    ENV_ROOT,
+    LOCK,
+    NAME_RE,
+    STALE_TMP_S,
+    TMP_PREFIX,
+    VERSION_DIR_RE,
+    RegistryBase,
+    Version,
+    _chosen_root,
+    parse_ref,
+)
 from components.registry_diff import diff_manifests
 from components.registry_files import (
-    ASSIGNED_KEYS,
     DIGEST_EXCLUDED,
     MANIFEST,
     RegistryError,
@@ -45,14 +54,10 @@ from components.registry_files import (
     content_digest,
     copy_files,
     dumps,
-    hash_tree,
     read_json,
-    to_json_data,
-    walk_files,
     write_json_durable,
 )
 from components.registry_lineage import (
-    GateStatus,
     gate_status,
     gate_summary,
     library_versions,
@@ -66,59 +71,6 @@ __all__ = [
     "content_digest", "diff_manifests", "gate_status", "gate_summary", "library_versions", "lineage",
     "manifest_base", "parse_ref", "sha256_file", "spec_hash",
 ]
-log = logging.getLogger(__name__)
-
-ENV_ROOT = "ADAPTFLOW_REGISTRY"
-ALIASES = "aliases.json"
-LOCK = ".lock"
-TMP_PREFIX = ".tmp-"
-STALE_TMP_S = 24 * 3600  # a temp folder this old is abandoned even if its pid was reused
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
-VERSION_RE = re.compile(r"^v?(\d+)$")
-VERSION_DIR_RE = re.compile(r"^v(\d+)$")
-
-
-@dataclass(frozen=True)
-class Version:
-    """One published version. `created` is False when publish found identical content already there."""
-
-    name: str
-    number: int
-    path: Path
-    manifest: dict[str, Any]
-    created: bool = False
-    moved_aliases: tuple[str, ...] = ()  # set by publish: the aliases it moved to this version
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@v{self.number}"
-
-    @property
-    def files(self) -> dict[str, str]:
-        return dict(self.manifest.get("files") or {})
-
-    @property
-    def gate_status(self) -> GateStatus:
-        return gate_status(self.manifest)
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """'name' -> (name, 'latest'); 'name@v3' / 'name@3' / 'name@production' -> (name, selector)."""
-    name, sep, selector = ref.strip().partition("@")
-    if sep and not selector:
-        raise RegistryError(f"ref '{ref}' ends with '@'; write NAME, NAME@vN or NAME@ALIAS")
-    if not NAME_RE.match(name):
-        raise RegistryError(f"ref '{ref}': name '{name}' is not [a-z0-9][a-z0-9-]*; write NAME, NAME@vN or NAME@ALIAS")
-    return name, selector or "latest"
-
-
-def _check_alias(alias: str) -> None:
-    if not ALIAS_RE.match(alias) or VERSION_RE.match(alias):
-        raise RegistryError(
-            f"alias '{alias}' is not a valid alias name; use [a-z][a-z0-9_-]* and not the form vN "
-            "(that reads as a version number), e.g. 'production' or 'staging'"
-        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -131,22 +83,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _chosen_root(root: Path | str | None) -> Path | str:
-    return url_from_path(root) if root is not None else os.environ.get(ENV_ROOT) or "registry"
-
-
-class Registry:
+class Registry(RegistryBase):
     """A registry rooted at `root`, else `$ADAPTFLOW_REGISTRY`, else `./registry`.
 
     A remote fsspec URL (s3://bucket/registry, gs://...) gives a `registry_remote.ObjectRegistry`:
-    the same interface, with versions cached locally by content digest when opened.
+    the same interface (both are `registry_core.RegistryBase`), with versions cached locally by
+    content digest when opened.
     """
 
-    def __new__(cls, root: Path | str | None = None, **_: Any) -> Registry:
+    def __new__(cls, root: Path | str | None = None, **kwargs: Any) -> RegistryBase:
         if cls is Registry and is_url(str(_chosen_root(root))):
-            from components.registry_remote import ObjectRegistry  # the object-store half imports this module
+            from components.registry_remote import ObjectRegistry  # fsspec's half, loaded only for a URL
 
-            return super().__new__(ObjectRegistry)
+            return ObjectRegistry(root, **kwargs)  # not a Registry: Python leaves its __init__ to this call
         return super().__new__(cls)
 
     def __init__(self, root: Path | str | None = None, *, lock_timeout: float = 600.0):
@@ -198,37 +147,6 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _prepare(
-        self, name: str, staging: Path, manifest: Mapping[str, Any], aliases: Sequence[str]
-    ) -> tuple[dict[str, Any], str]:
-        """Check the inputs; return the manifest data (with `files`) and its content digest."""
-        if not NAME_RE.match(name):
-            raise RegistryError(f"registry name '{name}' is not [a-z0-9][a-z0-9-]*; use the spec's `name`")
-        for alias in aliases:
-            _check_alias(alias)
-        staging = Path(staging)
-        if not staging.is_dir():
-            raise RegistryError(f"staging folder {staging} does not exist or is not a folder; pass the run's output folder")
-        data = self._caller_manifest(name, manifest)
-        files = hash_tree(staging)
-        if MANIFEST in files:
-            raise RegistryError(f"{staging / MANIFEST} exists; the registry writes manifest.json itself, so move that file")
-        data["files"] = files
-        digest = content_digest(data)
-        return data, digest
-
-    def _caller_manifest(self, name: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        clash = [k for k in ASSIGNED_KEYS if k in manifest]
-        if clash:
-            raise RegistryError(f"manifest sets {', '.join(clash)}, which the registry assigns at publish; remove them")
-        if "name" in manifest and manifest["name"] != name:
-            raise RegistryError(f"manifest name '{manifest['name']}' differs from the publish name '{name}'; make them agree")
-        data = to_json_data(manifest)
-        patterns = data.get("volatile_files", [])
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise RegistryError('manifest.volatile_files must be a list of glob strings, e.g. ["eval/report.md"]')
-        return {"name": name, **data}
-
     def _commit(self, name: str, tmp: Path, data: dict[str, Any], digest: str, aliases: Sequence[str]) -> Version:
         """Under the lock: number, manifest, rename, aliases. The rename is the moment of publication."""
         number = self._next_number(name)
@@ -242,18 +160,6 @@ class Registry:
         rename_into_place(tmp, final, existing="error")
         moved = self._move_aliases_locked(name, number, aliases, full)
         return Version(name, number, final, full, created=True, moved_aliases=moved)
-
-    def _move_aliases_locked(self, name: str, number: int, aliases: Sequence[str], manifest: dict) -> tuple[str, ...]:
-        status = gate_status(manifest)
-        allowed = [a for a in aliases if status == "passed" or (status == "unknown" and a == "latest")]
-        skipped = [a for a in aliases if a not in allowed]
-        if skipped:
-            log.info("%s@v%d: gates %s, not moving %s", name, number, status, ", ".join(skipped))
-        if allowed:
-            table = self.aliases(name)
-            table.update({a: number for a in allowed})
-            self._write_aliases(name, table)
-        return tuple(allowed)
 
     def _write_aliases(self, name: str, table: dict[str, int]) -> None:
         atomic_write_text(self.root / name / ALIASES, dumps(dict(sorted(table.items()))))
@@ -299,10 +205,6 @@ class Registry:
             return []
         return sorted(int(m.group(1)) for d in folder.iterdir() if d.is_dir() and (m := VERSION_DIR_RE.match(d.name)))
 
-    def _next_number(self, name: str) -> int:
-        numbers = self._numbers(name)
-        return numbers[-1] + 1 if numbers else 1
-
     def _load(self, name: str, number: int) -> Version:
         path = self.root / name / f"v{number}"
         try:
@@ -313,20 +215,6 @@ class Registry:
             ) from exc
         return Version(name, number, path, manifest)
 
-    def _find_digest(self, name: str, digest: str) -> Version | None:
-        for number in self._numbers(name):
-            try:
-                version = self._load(name, number)
-            except RegistryIntegrityError:
-                continue  # a damaged version cannot be the identical one
-            if version.manifest.get("content_digest") == digest:
-                return version
-        return None
-
-    def versions(self, name: str) -> list[Version]:
-        self._require_name(name)
-        return [self._load(name, n) for n in self._numbers(name)]
-
     def aliases(self, name: str) -> dict[str, int]:
         path = self.root / name / ALIASES
         if not path.exists():
@@ -335,87 +223,3 @@ class Registry:
         if not isinstance(table, dict) or not all(isinstance(v, int) for v in table.values()):
             raise RegistryIntegrityError(f'{path} is not {{"alias": version-number}}; fix or delete it', [ALIASES])
         return table
-
-    def _require_name(self, name: str) -> None:
-        if name not in self.names():
-            known = ", ".join(self.names()) or "none yet"
-            raise RegistryError(f"no task named '{name}' in registry {self.root} (known: {known}); check the name or --root")
-
-    def resolve(self, ref: str) -> Version:
-        """`name` (= name@latest), `name@vN`, `name@N` or `name@alias` -> that version (not verified)."""
-        name, selector = parse_ref(ref)
-        self._require_name(name)
-        numbers = self._numbers(name)
-        if m := VERSION_RE.match(selector):
-            number = int(m.group(1))
-            if number not in numbers:
-                have = ", ".join(f"v{n}" for n in numbers) or "none"
-                raise RegistryError(f"{name} has no version v{number} (versions: {have})")
-            return self._load(name, number)
-        table = self.aliases(name)
-        if selector not in table:
-            have = ", ".join(f"{a} -> v{n}" for a, n in sorted(table.items())) or "none"
-            hint = f"; use {name}@v{numbers[-1]}" if numbers else ""
-            raise RegistryError(f"{name} has no alias '{selector}' (aliases: {have}){hint}")
-        if table[selector] not in numbers:
-            raise RegistryIntegrityError(
-                f"{self.root}/{name}/{ALIASES}: '{selector}' points at v{table[selector]}, which does not exist; "
-                f"move it with `adaptflow registry promote {name}@vN {selector}`", [ALIASES]
-            )
-        return self._load(name, table[selector])
-
-    def open(self, ref: str, verify: bool = True) -> Version:
-        version = self.resolve(ref)
-        if verify:
-            self.verify(version)
-        return version
-
-    def verify(self, version: Version) -> None:
-        """Check every file against the manifest, and the manifest against its own digest."""
-        expected = version.manifest.get("files")
-        if not isinstance(expected, dict):
-            raise RegistryIntegrityError(f"{version.path / MANIFEST} has no `files` table; the version is corrupt", [MANIFEST])
-        found = verify_dir(version.path, expected)
-        missing = sorted(rel for rel, problem in found.items() if problem == "missing")
-        modified = sorted(rel for rel, problem in found.items() if problem != "missing")
-        extra = sorted(set(walk_files(version.path)) - {MANIFEST} - set(expected))
-        problems = [f"{kind} {rel}" for kind, rels in (("modified", modified), ("missing", missing), ("extra", extra))
-                    for rel in rels]
-        if content_digest(version.manifest) != version.manifest.get("content_digest"):
-            problems.append(f"modified {MANIFEST} (its content no longer matches content_digest)")
-        if problems:
-            raise RegistryIntegrityError(
-                f"{version.ref} at {version.path} does not match its manifest: {'; '.join(problems)}. "
-                "Published versions are never edited; publish the run's outputs again to get a good version",
-                modified + missing + extra,
-            )
-
-    # --- aliases and comparison ------------------------------------------------------------
-
-    def set_alias(self, name: str, alias: str, number: int) -> None:
-        """Point `alias` at v`number`, whatever its gates say (see `promote` for the checked move)."""
-        _check_alias(alias)
-        self._require_name(name)
-        with self._lock(name):
-            if number not in self._numbers(name):
-                have = ", ".join(f"v{n}" for n in self._numbers(name)) or "none"
-                raise RegistryError(f"{name} has no version v{number} (versions: {have}); cannot point '{alias}' at it")
-            table = self.aliases(name)
-            table[alias] = number
-            self._write_aliases(name, table)
-
-    def promote(self, ref: str, alias: str, *, force: bool = False) -> Version:
-        """Move `alias` to the version `ref` names; refuses a version whose gates failed unless `force`."""
-        version = self.resolve(ref)
-        if version.gate_status == "failed" and not force:
-            raise RegistryError(
-                f"{version.ref} failed its gates ({gate_summary(version.manifest)}); not moving '{alias}'. "
-                "Publish a version that passes, or pass --force to promote it anyway"
-            )
-        self.set_alias(version.name, alias, version.number)
-        return version
-
-    def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
-        a, b = self.resolve(ref_a), self.resolve(ref_b)
-        return {"a": a.ref, "b": b.ref, **diff_manifests(a.manifest, b.manifest)}
-

@@ -1,6 +1,6 @@
 """The registry on an object store: `Registry("s3://bucket/registry")` (or `ADAPTFLOW_REGISTRY=s3://...`).
 
-Same layout and interface as the local registry (components.registry); what changes is how a
+Same layout and interface as the local registry (components.registry; both are registry_core.RegistryBase); what changes is how a
 version appears, since an object store has no rename:
 
 ```
@@ -30,15 +30,16 @@ from typing import Any
 
 from components.fileio import adaptflow_home, publish_verified_dir
 from components.objectstore import ObjectStore
-from components.registry import (
+from components.registry_core import (
     ALIASES,
     LOCK,
     NAME_RE,
     STALE_TMP_S,
     TMP_PREFIX,
     VERSION_DIR_RE,
-    Registry,
+    RegistryBase,
     Version,
+    _chosen_root,
 )
 from components.registry_files import (
     MANIFEST,
@@ -52,12 +53,10 @@ log = logging.getLogger(__name__)
 TMP_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)-")
 
 
-class ObjectRegistry(Registry):
+class ObjectRegistry(RegistryBase):
     """A registry under a remote fsspec URL; versions are opened from a local, content-addressed cache."""
 
     def __init__(self, root: str | None = None, *, lock_timeout: float = 600.0, cache: Path | None = None):
-        from components.registry import _chosen_root
-
         self.store = ObjectStore(str(_chosen_root(root)))
         self.root = self.store.url  # type: ignore[assignment]  # a URL, used in messages only
         self.lock_timeout = lock_timeout

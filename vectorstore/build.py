@@ -134,7 +134,7 @@ def build_index(
     if tune_rows:
         from vectorstore.tune import tune_retrieval
 
-        knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir)
+        knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir, build_index=build_index)
     loaded = time.perf_counter()
     _check_chunk_size(knowledge, embedder)
     docs = knowledge_documents(knowledge)

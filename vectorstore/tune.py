@@ -14,6 +14,7 @@ then the higher MRR. Explicit values in the spec are kept as given.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,11 @@ def _choose(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tune_retrieval(knowledge: KnowledgeSpec, rows: list[tuple[str, list[str]]], embedder,
-                   cache_dir: Path | None = None) -> tuple[KnowledgeSpec, dict[str, Any] | None]:
+                   cache_dir: Path | None = None, *,
+                   build_index: Callable[..., Any]) -> tuple[KnowledgeSpec, dict[str, Any] | None]:
     """(the knowledge spec with the chosen settings, the record of the grid) — or (knowledge, None) when
-    nothing is left to tune or no question has gold documents."""
-    from vectorstore.build import build_index
+    nothing is left to tune or no question has gold documents. `build_index` (vectorstore.build, which
+    calls this) builds each trial index: passed in, so that neither module imports the other."""
     from vectorstore.metrics import evaluate_retrieval
     from vectorstore.retriever import Retriever
 

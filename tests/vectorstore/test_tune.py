@@ -51,7 +51,7 @@ def test_only_unset_settings_are_tuned(corpus, tiny_embedder_dir):
 def test_grid_scores_equal_plain_builds_and_the_choice_follows_the_rule(corpus, tiny_embedder, tiny_embedder_dir,
                                                                        tmp_path):
     spec = knowledge(corpus, tiny_embedder_dir)
-    tuned, record = tune_retrieval(spec, rows(), tiny_embedder, tmp_path / "cache")
+    tuned, record = tune_retrieval(spec, rows(), tiny_embedder, tmp_path / "cache", build_index=build_index)
     held = [(q, g) for q, g in rows() if is_held_out(q)]
     sizes = [s for s in SIZES if s <= tiny_embedder.max_tokens]
     assert [(g["size"], g["k"]) for g in record["grid"]] == [(s, k) for s in sizes for k in TOP_KS]
