@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from peft import PeftMixedModel, PeftModel
 from tqdm.auto import tqdm
 
-from components import adapter_io, checkpoint, distributed, memory, methods
+from components import adapter_io, checkpoint, memory, methods
 from components.batching import Batch, eval_batches, micro_batches
 from components.data import (
     IGNORE_INDEX,
@@ -52,6 +52,7 @@ from components.data import (
 )
 from components.fileio import atomic_write_json
 from components.precision import Precision, resolve_precision
+from components.ranks import current as current_ranks
 from components.spec import (
     NO_CHECKPOINTING,
     WEIGHT_METHODS,
@@ -296,7 +297,7 @@ def train(
     """Apply `behavior.adapter` to `model` (as `load_model` returns it, in `training.precision`), train, save,
     check. A failed generation check raises GenerationCheckError after the adapter and record are saved."""
     started, spec, out_dir = time.time(), behavior.training, Path(out_dir)
-    ranks = distributed.current()  # one process, or this rank of `accelerate launch` (components.distributed)
+    ranks = current_ranks()  # one process, or this rank of `accelerate launch` (components.distributed)
     if spec.batch_size % ranks.world:
         raise ValueError(f"training.batch_size ({spec.batch_size}) does not split over {ranks.world} processes; "
                          f"set it to a multiple of {ranks.world}")
