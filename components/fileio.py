@@ -198,7 +198,7 @@ def seal_dir(tmp: Path, final: Path, marker: str, data: Any, *, text: Callable[[
              existing: Existing = "replace") -> bool:
     """Write the marker last (fsynced), then `rename_into_place`."""
     try:
-        write_durable(tmp / marker, text(data), exclusive=True)
+        write_durable(tmp / marker, text(data))  # a marker a killed commit left in a work folder is rewritten
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
