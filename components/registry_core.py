@@ -42,7 +42,6 @@ VERSION_RE = re.compile(r"^v?(\d+)$")
 VERSION_DIR_RE = re.compile(r"^v(\d+)$")
 
 
-
 @dataclass(frozen=True)
 class Version:
     """One published version. `created` is False when publish found identical content already there."""

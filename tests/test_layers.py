@@ -96,7 +96,7 @@ def import_edges() -> list[Edge]:
                     target = target.rsplit(".", 1)[0]  # `import components.x.y` of a name inside a module
                 if target in modules and target != module:
                     edges.append(Edge(module, target, rel, node.lineno))
-    return edges
+    return list(dict.fromkeys(edges))  # `from x import (a, b)` is one edge
 
 
 def layer(module: str) -> str:
