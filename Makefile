@@ -55,7 +55,7 @@ ui: install
 	$(VENV)/bin/adaptflow ui
 
 lint: install
-	$(VENV)/bin/ruff check components vectorstore flows tests bench
+	$(VENV)/bin/ruff check adaptflow components vectorstore flows tests bench
 
 bench: install
 	$(PY) -m bench.run
