@@ -148,7 +148,7 @@ def winner_line(report: dict, metric: str) -> str:
     return f"**Winner on {metric} (the gated metric): {best}**{margin}."
 
 
-def publish_run_summary(spec, decision, version, gates, report, stages, trained) -> None:
+def publish_run_summary(spec, decision, version, gates, report, stages) -> None:
     create_table_artifact(arm_rows(report), key=f"eval-{spec.name}",
                           description=f"{table_title(report)} of {version.ref}")
     gate_lines = [f"- {describe_gate(r)}" for r in gates.results]

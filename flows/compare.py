@@ -20,32 +20,21 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.types.entrypoint import EntrypointType
 
 from components import compare as cmp
-from components.route import Route, route
-from components.spec import SelectRule, TaskSpec, adapter_methods
+from components.route import Route
+from components.spec import TaskSpec
 from flows import artifacts, keys
-from flows.deployments import SPECS
+from flows.compare_child import PROGRESS
 from flows.keys import store
-from flows.pipeline import (
-    StageResult,
-    _run_stage,
-    decide_route,
-    evaluate_arms,
-    knowledge_flow,
-    load_task_spec,
-    register,
-    train_into_store,
-)
+from flows.pipeline import check_gates, decide_route, knowledge_flow, load_task_spec, publish
+from flows.stages import Evaluated, Indexed, Trained, done
 
-PROGRESS = "ADAPTFLOW_PROGRESS "  # a child's stdout line carrying training progress as JSON
 LOG_TAIL = 25
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,21 +47,16 @@ class VariantError(RuntimeError):
 class VariantRun:
     result: cmp.VariantResult
     spec: TaskSpec
-    trained: StageResult
-    evaluated: StageResult
+    trained: Trained
+    evaluated: Evaluated
 
 
 # --- one variant ---------------------------------------------------------------------------------
 
 
-def _done(stage: str, key: str) -> StageResult | None:
-    found = store().done(stage, key)
-    return StageResult(stage, key, found, True) if found else None
-
-
-def _stage_keys(spec: TaskSpec, decision: Route, indexed: StageResult | None) -> tuple[str, str]:
+def _stage_keys(spec: TaskSpec, decision: Route, indexed: Indexed | None) -> tuple[str, str]:
     train_key = keys.train_key(spec)
-    return train_key, keys.eval_key(spec, decision, StageResult("train", train_key, None, False), indexed)
+    return train_key, keys.eval_key(spec, decision, train_key, indexed.key if indexed else None)
 
 
 def _child_env(threads: int | None) -> dict[str, str]:
@@ -84,13 +68,13 @@ def _child_env(threads: int | None) -> dict[str, str]:
 
 
 def run_child(spec: TaskSpec, stage_keys: dict[str, str | None], threads: int | None, progress=None) -> None:
-    """Run the variant's missing stages in `python -m flows.compare JOB.json` under the parent's stage keys;
+    """Run the variant's missing stages in `python -m flows.compare_child JOB.json` under the parent's stage keys;
     relay progress; raise with the log tail."""
     folder = Path(tempfile.mkdtemp(prefix=f"adaptflow-{spec.name}-"))
     job = {"spec": spec.model_dump(mode="json"), "keys": stage_keys}
     (folder / "job.json").write_text(json.dumps(job, indent=2))
     log = folder / "child.log"
-    cmd = [sys.executable, "-m", "flows.compare", str(folder / "job.json")]
+    cmd = [sys.executable, "-m", "flows.compare_child", str(folder / "job.json")]
     with log.open("w") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                                                env=_child_env(threads)) as child:
         for line in child.stdout:
@@ -112,15 +96,15 @@ def run_child(spec: TaskSpec, stage_keys: dict[str, str | None], threads: int | 
 
 
 @task(name="variant-stages", cache_policy=NONE)
-def variant_stages(spec: TaskSpec, decision: Route, indexed: StageResult | None,
-                   threads: int | None) -> tuple[StageResult, StageResult, dict[str, str]]:
+def variant_stages(spec: TaskSpec, decision: Route, indexed: Indexed | None,
+                   threads: int | None) -> tuple[Trained, Evaluated, dict[str, str]]:
     """The train and eval stages of one variant: reused when done, else run in a child process."""
     train_key, eval_key = _stage_keys(spec, decision, indexed)
-    before = {"train": _done("train", train_key), "eval": _done("eval", eval_key)}
+    before = {"train": done("train", train_key), "eval": done("eval", eval_key)}
     if not all(before.values()):
         stage_keys = {"train": train_key, "eval": eval_key, "index": indexed.key if indexed else None}
         run_child(spec, stage_keys, threads, artifacts.Progress(f"training {spec.name}", f"train-{spec.name}"))
-    trained, evaluated = _done("train", train_key), _done("eval", eval_key)
+    trained, evaluated = done("train", train_key), done("eval", eval_key)
     if trained is None or evaluated is None:
         raise VariantError(f"{spec.name}: the stage process finished but left no train/eval output in {store().root}")
     stages = {s: "cached" if before[s] else "ran" for s in before}
@@ -129,21 +113,23 @@ def variant_stages(spec: TaskSpec, decision: Route, indexed: StageResult | None,
 
 
 @flow(name="variant", flow_run_name="{variant_id}", log_prints=True)
-def variant_flow(spec: TaskSpec, variant_id: str, derived: list[str], decision: Route, indexed: StageResult | None,
+def variant_flow(spec: TaskSpec, variant_id: str, derived: list[str], decision: Route, indexed: Indexed | None,
                  threads: int | None = None) -> VariantRun:
     """One variant: its cached stages, then its own registry entry `<name>--<variant>` (alias latest only)."""
     trained, evaluated, stages = variant_stages(spec, decision, indexed, threads)
     extra = {"compare_variant": {"id": variant_id, "derived": derived}}
-    version, gates, report = register(spec, decision, trained, indexed, evaluated, aliases=["latest"], extra=extra)
-    record = json.loads((trained.path / "train_record.json").read_text())
+    gates = check_gates(spec, evaluated)
+    version = publish(spec, decision, gates, trained, indexed, evaluated, aliases=["latest"], extra=extra)
+    record = trained.record()
     record.pop("loss_curve", None)
-    result = cmp.VariantResult(variant_id, spec.behavior.adapter.method, version.ref, report, record, gates.to_dict(),
+    result = cmp.VariantResult(variant_id, spec.behavior.adapter.method, version.ref, evaluated.report(), record,
+                               gates.to_dict(),
                                stages, adapter=spec.behavior.adapter.model_dump(mode="json"), derived=tuple(derived))
     return VariantRun(result, spec, trained, evaluated)
 
 
 @task(name="variant", cache_policy=NONE, task_run_name="{variant.id}")
-def variant_task(variant: cmp.Variant, decision: Route, indexed: StageResult | None, threads: int | None) -> VariantRun:
+def variant_task(variant: cmp.Variant, decision: Route, indexed: Indexed | None, threads: int | None) -> VariantRun:
     return variant_flow(variant.spec, variant.id, list(variant.derived), decision, indexed, threads)
 
 
@@ -153,7 +139,7 @@ def _failed(variant: cmp.Variant, exc: BaseException) -> cmp.VariantResult:
                              adapter=variant.spec.behavior.adapter.model_dump(mode="json"), derived=variant.derived)
 
 
-def run_variants(variants: list[cmp.Variant], decision: Route, indexed: StageResult | None,
+def run_variants(variants: list[cmp.Variant], decision: Route, indexed: Indexed | None,
                  slots: int) -> list[VariantRun | cmp.VariantResult]:
     """Every variant as a subflow, `slots` at a time; a failed variant becomes a result with its error."""
     threads = max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
@@ -204,14 +190,14 @@ def register_comparison(spec: TaskSpec, decision: Route, report: dict, volatile:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def register_selected(spec: TaskSpec, decision: Route, indexed: StageResult | None, run: VariantRun,
+def register_selected(spec: TaskSpec, decision: Route, indexed: Indexed | None, run: VariantRun,
                       report: dict, comparison_ref: str):
     """The selected variant as the system version `<name>`, the reason in its manifest; gates move aliases."""
     chosen = run.spec.model_copy(update={"name": spec.name})
     selection = report["selection"] | {"variant": run.result.id, "variant_ref": run.result.ref,
                                        "comparison": comparison_ref}
-    version, _, _ = register(chosen, decision, run.trained, indexed, run.evaluated, extra={"selection": selection})
-    return version
+    gates = check_gates(chosen, run.evaluated)
+    return publish(chosen, decision, gates, run.trained, indexed, run.evaluated, extra={"selection": selection})
 
 
 def publish_artifacts(report: dict, comparison, stages: dict[str, dict[str, str]]) -> None:
@@ -259,59 +245,3 @@ def compare(spec_path: str, methods: list[str] | None = None, workspace: str | N
     return {"comparison": comparison.ref, "selected": selected.ref if selected else None,
             "selection": report["selection"], "stages": stages, "report": str(comparison.path / "report.json"),
             "markdown": str(comparison.path / "report.md"), "chart": str(comparison.path / "chart.png")}
-
-
-MethodChoice = Literal[adapter_methods()]  # type: ignore[valid-type]
-
-
-def compare_ui(spec: str = SPECS[0], spec_path: str | None = None, methods: list[str] | None = None,
-               select: str | None = None, max_parallel: int | None = None) -> dict:
-    """Compare adapter methods on a spec: train and evaluate each, chart the trade-off, register the pick.
-
-    Args:
-        spec: A spec from specs/ with a behavior section (the methods differ only in the adapter).
-        spec_path: Any other spec file; when set, it is used instead of `spec`.
-        methods: Adapter methods to compare, e.g. lora, qlora, ia3, prompt_tuning, full (default: the
-            spec's compare.methods, else its own method plus those five).
-        select: How to pick the registered variant: best_score, or smallest_passing (fewest trainable
-            parameters among those that pass the gates). Default: the spec's compare.select, else best_score.
-        max_parallel: Variants trained at once (default: from free cores and memory).
-    """
-    return compare.fn(spec_path or spec, methods, None, select, max_parallel)
-
-
-# Choice lists for the UI form; the runner imports this module attribute by name (as flows.deployments.adapt_ui).
-compare_ui.__annotations__ |= {"spec": Literal[tuple(SPECS)], "methods": list[MethodChoice] | None,
-                               "select": SelectRule | None}
-compare_ui = flow(name="compare", log_prints=True)(compare_ui)
-
-
-def deployment():
-    return compare_ui.to_deployment(name="compare", description="Train and compare adapter methods on a spec",
-                                    entrypoint_type=EntrypointType.MODULE_PATH)
-
-
-# --- the child process: one variant's missing stages, no Prefect API --------------------------------
-
-
-def _print_progress(step: int, total: int, metrics: dict | None = None) -> None:
-    loss = (metrics or {}).get("loss")
-    print(PROGRESS + json.dumps({"step": step, "total": total, "loss": loss}), flush=True)
-
-
-def child_main(job_file: str) -> None:
-    """Train and evaluate one variant under the keys the parent computed (its view of the code is the one
-    that decided what was missing)."""
-    job = json.loads(Path(job_file).read_text())
-    spec, stage_keys = TaskSpec.model_validate(job["spec"]), job["keys"]
-    decision = route(spec)
-    indexed = _done("index", stage_keys["index"]) if stage_keys["index"] else None
-    if decision.knowledge and indexed is None:
-        raise VariantError(f"{spec.name}: the index stage is missing from {store().root}; the compare flow builds it first")
-    train_key, eval_key = stage_keys["train"], stage_keys["eval"]
-    trained = _run_stage("train", train_key, lambda: train_into_store(spec, train_key, _print_progress))
-    _run_stage("eval", eval_key, lambda: evaluate_arms.fn(spec, decision, trained, indexed, eval_key))
-
-
-if __name__ == "__main__":
-    child_main(*sys.argv[1:2])

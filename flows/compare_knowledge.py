@@ -28,28 +28,31 @@ from flows import keys
 from flows.keys import store
 from flows.pipeline import (
     behavior_flow,
-    evaluation_flow_stage,
+    check_gates,
+    evaluation_flow,
     knowledge_flow,
+    publish,
     reader_flow,
-    register,
     shipped_reader,
-    train_into_store,
+    train_adapter,
 )
+from flows.stages import Indexed, Trained
 
 
-def run_arm(arm: str, spec: TaskSpec, indexed) -> tuple[str, dict]:
+def run_arm(arm: str, spec: TaskSpec, indexed: Indexed) -> tuple[str, dict]:
     """One arm through the pipeline's cached stages: (its registry ref, its report, training record and index info)."""
     decision = route(spec)
     trains = trainee(spec)
     trained = behavior_flow(trains) if decision.behavior else None
     index = indexed if decision.knowledge else None
     reader = reader_flow(spec) if decision.knowledge and reader_mode(trains) else None
-    evaluated = evaluation_flow_stage(trains, decision, trained, index, reader)
+    evaluated = evaluation_flow(trains, decision, trained, index, reader)
     adapter = trained or shipped_reader(evaluated, reader)
-    version, _, report = register(spec, decision, adapter, index, evaluated, aliases=["latest"], reader=reader,
-                                  extra={"compare_arm": {"id": arm, "inject": spec.knowledge.inject}})
-    record = json.loads((adapter.path / "train_record.json").read_text()) if adapter else None
-    info = json.loads((indexed.path / "stage.json").read_text()).get("index") if index else None
+    version = publish(spec, decision, check_gates(spec, evaluated), adapter, index, evaluated, aliases=["latest"],
+                      reader=reader, extra={"compare_arm": {"id": arm, "inject": spec.knowledge.inject}})
+    report = evaluated.report()
+    record = adapter.record() if adapter else None
+    info = indexed.record() if index else None
     print(f"{arm}: {version.ref}, main arm {report['main_arm']}, {kc.SCORE} {report['metrics'].get(kc.SCORE)}")
     return version.ref, {"report": report, "record": record, "index": info}
 
@@ -65,7 +68,7 @@ def changed_corpus(spec: TaskSpec, folder: Path) -> tuple[TaskSpec, str]:
 
 
 @task(name="update-cost", cache_policy=NONE)
-def measure_updates(spec: TaskSpec, indexed) -> dict[str, dict]:
+def measure_updates(spec: TaskSpec, indexed: Indexed) -> dict[str, dict]:
     """Add one changed document both ways and time it: the index updated in place (vectorstore's incremental
     remove_ids + add_with_ids), and the documents' adapter retrained from the base on the changed chunks."""
     from vectorstore import build_index
@@ -74,7 +77,7 @@ def measure_updates(spec: TaskSpec, indexed) -> dict[str, dict]:
     try:
         changed, doc = changed_corpus(spec, work / "docs")
         started = time.perf_counter()
-        info = build_index(changed.knowledge, work / "index", previous=indexed.path / "index")
+        info = build_index(changed.knowledge, work / "index", previous=indexed.index)
         reindex = {"seconds": round(time.perf_counter() - started, 2), "mode": info["update"]["mode"],
                    "counts": info["counts"],
                    "what": f"re-index {doc} ({info['update']['mode']}: {info['counts'].get('embedded', 0)} chunks "
@@ -83,9 +86,8 @@ def measure_updates(spec: TaskSpec, indexed) -> dict[str, dict]:
         key = keys.train_key(trains)
         shutil.rmtree(store().root / "train" / key, ignore_errors=True)  # measured, never taken from the store
         started = time.perf_counter()
-        done = train_into_store(trains, key)
+        record = Trained("train", key, train_adapter.fn(trains, key), False).record()
         seconds = round(time.perf_counter() - started, 2)
-        record = json.loads((done / "train_record.json").read_text())
         retrain = {"seconds": seconds, "train_seconds": record["train_seconds"], "steps": record["steps"],
                    "what": f"retrain the documents' adapter on the changed chunks ({record['steps']} steps, "
                            f"{record['train_seconds']:.0f} s in training steps, model load included)"}

@@ -7,7 +7,6 @@ import importlib.util
 import pkgutil
 import platform
 from pathlib import Path
-from types import SimpleNamespace
 
 from components.models import resolve_model
 from components.reader import reader_mode
@@ -107,14 +106,13 @@ def index_key(spec: TaskSpec) -> str:
                   *([sorted(spec.knowledge.model_fields_set), tuning] if tuning else []))
 
 
-def eval_key(spec: TaskSpec, decision: Route, trained, indexed, reader=None) -> str:
+def eval_key(spec: TaskSpec, decision: Route, train_key: str | None, index_key: str | None,
+             reader_key: str | None = None) -> str:
+    """The eval stage's key from its upstream stages' keys (None for a stage the route skips)."""
     ev = spec.evaluation.model_dump(mode="json", exclude={"data", "forgetting_text", "gates", "promote_to"}) if spec.evaluation else None
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
-    return digest("eval", decision.label, trained.key if trained else None, indexed.key if indexed else None, ev,
-                  hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  package_version(STAGE_CODE), package_version(SERVED_CODE), *([reader.key] if reader else []))
-
-
+    return digest("eval", decision.label, train_key, index_key, ev, hashes, spec.knowledge.top_k if spec.knowledge else None,
+                  package_version(STAGE_CODE), package_version(SERVED_CODE), *([reader_key] if reader_key else []))
 
 
 def wants_probe(spec: TaskSpec) -> bool:
@@ -159,8 +157,7 @@ def stage_keys(spec: TaskSpec) -> dict[str, str]:
         out["index"] = index_key(spec)
     if decision.knowledge and reader_mode(spec):
         out["reader"] = reader_key(spec)
-    upstream = {s: SimpleNamespace(key=out[s]) if s in out else None for s in ("train", "index", "reader")}
-    out["eval"] = eval_key(spec, decision, upstream["train"], upstream["index"], upstream["reader"])
+    out["eval"] = eval_key(spec, decision, out.get("train"), out.get("index"), out.get("reader"))
     return out
 
 

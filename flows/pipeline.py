@@ -1,37 +1,33 @@
-"""The main flow: load and validate -> route -> train adapter / build index -> evaluate -> register -> promote.
+"""The main flow: load and validate -> route -> train adapter / build index -> evaluate -> check gates -> publish.
 
-Each stage's output is stored under a key that hashes its resolved inputs (components.stages),
-so an unchanged spec re-runs nothing, a documents-only change re-indexes without retraining,
-and a killed training run resumes from its last checkpoint.
+Each stage's output is stored under a key that hashes its resolved inputs (flows.keys) and comes back
+typed (flows.stages), so an unchanged spec re-runs nothing, a documents-only change re-indexes without
+retraining, and a killed training run resumes from its last checkpoint. Every stage is a subflow whose
+one task computes what the store lacks.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from adaptflow.inject import trainee
+from components.gates import GateResult, evaluate_gates
 from components.reader import reader_mode
+from components.registry import Registry, Version, manifest_base
 from components.route import Route, route
 from components.spec import TaskSpec
 from components.specload import load_spec
 from flows import artifacts, keys
 from flows.keys import store
 from flows.names import spec_run_name
+from flows.stages import Evaluated, Indexed, StageResult, Trained, run_stage
 from vectorstore.persist import split_volatile
-
-
-@dataclass(frozen=True)
-class StageResult:
-    stage: str
-    key: str
-    path: Path | None
-    cached: bool
 
 
 @task(name="load-spec", cache_policy=NONE)
@@ -51,70 +47,62 @@ def decide_route(spec: TaskSpec) -> Route:
 
 
 @task(name="probe-route", cache_policy=NONE)
-def probe_route(spec: TaskSpec, indexed: StageResult | None, key: str) -> Path:
+def probe_route(spec: TaskSpec, indexed: Indexed | None, key: str) -> Path:
     """The base model on a sample of the evaluation set, without context, with retrieval and with gold context."""
-    import json
-
     from adaptflow.system import System
     from components.evaluate import load_eval_items
     from components.probe import measure, sample
 
-    system = System(f"{spec.name}@probe", spec, None, indexed.path / "index" if indexed else None)
+    system = System(f"{spec.name}@probe", spec, None, indexed.index if indexed else None)
     evidence = measure(system, spec, sample(load_eval_items(spec)))
     work = store().work("probe", key)
     (work / "probe.json").write_text(json.dumps(evidence.to_dict(), indent=2, sort_keys=True) + "\n")
     return store().commit("probe", key, {"probe": evidence.to_dict()})
 
 
-def measured_route(spec: TaskSpec) -> tuple[Route, StageResult | None, dict | None]:
+def measured_route(spec: TaskSpec) -> tuple[Route, Indexed | None, dict | None]:
     """`goal: auto` with an evaluation set: build the index first (it is what retrieval is probed with), probe
     (cached like every stage), decide. Otherwise the declared route. Returns (route, index stage, evidence)."""
-    import json
-
     from components.probe import Evidence, decide
 
     if not keys.wants_probe(spec):
         return decide_route(spec), None, None
     indexed = knowledge_flow(spec) if spec.knowledge else None
     key = keys.probe_key(spec)
-    probed = _run_stage("probe", key, lambda: probe_route(spec, indexed, key))
-    data = json.loads((probed.path / "probe.json").read_text())
+    probed = run_stage("probe", key, probe_route, spec, indexed, key)
+    data = probed.report()
     decision = decide(spec, Evidence(data["items"], data["strict_metric"], data["arms"]))
     print(f"route: {decision.label} (measured{', cached' if probed.cached else ''}) — " + "; ".join(decision.reasons))
     return decision, indexed, data
 
 
-def train_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
-    """Train the spec's adapter into the stage store under `key` (plain: `compare` runs it in a child process);
-    `training.distributed` runs the same loop on several processes through `accelerate launch`, followed here."""
-    from components import distributed
-    from components.models import load_model, load_tokenizer, resolve_model
-    from components.train import prepare_data, train
-
-    if distributed.wanted(spec):
-        record = distributed.launch(spec, store().work("train", key), progress=progress)
-        return store().commit("train", key, {"record": record}, keep=("adapter", "train_record.json"))
-    resolved = resolve_model(spec.base_model)
-    tokenizer = load_tokenizer(spec.base_model, resolved)
-    data = prepare_data(spec.behavior, tokenizer)  # bad data fails here, before the model loads
-    model = load_model(spec.base_model, resolved, precision=spec.behavior.training.precision)
-    work = store().work("train", key)
-    record = train(model, tokenizer, spec.behavior, work, progress=progress, data=data)
-    return store().commit("train", key, {"record": record.to_dict()}, keep=("adapter", "train_record.json"))
-
-
 @task(name="train-adapter", cache_policy=NONE)
-def train_adapter(spec: TaskSpec, key: str) -> Path:
-    return train_into_store(spec, key, artifacts.Progress("training", f"train-{spec.name}"))
+def train_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
+    """Train the spec's adapter into the stage store under `key`: components.train.train_task in this process,
+    or on `training.distributed.processes` processes through `accelerate launch` (components.distributed),
+    followed here. `progress` defaults to the UI's progress artifact; `compare`'s child process calls `.fn`
+    with its own, without Prefect."""
+    from components import distributed
+    from components.train import train_task
+
+    progress = progress or artifacts.Progress("training", f"train-{spec.name}")
+    work = store().work("train", key)
+    if distributed.wanted(spec):
+        record = distributed.launch(spec, work, progress=progress)
+    else:
+        record = train_task(spec, work, progress=progress).to_dict()
+    return store().commit("train", key, {"record": record}, keep=("adapter", "train_record.json"))
 
 
-def reader_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
+@task(name="reader", cache_policy=NONE)
+def reader_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
     """The reading adapter under `key`: the builtin one trained here, or a registered one's adapter copied."""
-    from components.reader import reader_mode, registered_reader, train_reader
+    from components.reader import registered_reader, train_reader
 
     work = store().work("reader", key)
     mode = reader_mode(spec)
     if mode == "builtin":
+        progress = progress or artifacts.Progress("reader training", f"reader-{spec.name}")
         record = train_reader(spec, work, progress=progress).to_dict()
     else:
         version = registered_reader(spec, mode)
@@ -124,11 +112,6 @@ def reader_into_store(spec: TaskSpec, key: str, progress=None) -> Path:
         kept = work / "adapter" / "train_record.json"
         kept.rename(work / "train_record.json") if kept.exists() else (work / "train_record.json").write_text("{}")
     return store().commit("reader", key, {"record": record}, keep=("adapter", "train_record.json"))
-
-
-@task(name="reader", cache_policy=NONE)
-def reader_adapter(spec: TaskSpec, key: str) -> Path:
-    return reader_into_store(spec, key, artifacts.Progress("reader training", f"reader-{spec.name}"))
 
 
 @task(name="build-index", cache_policy=NONE)
@@ -145,81 +128,61 @@ def build_knowledge_index(spec: TaskSpec, key: str) -> Path:
     return done
 
 
-def _run_stage(stage: str, key: str, run) -> StageResult:
-    if found := store().done(stage, key):
-        print(f"[cached] {stage} ({key[:12]}): inputs unchanged, reusing {found}")
-        return StageResult(stage, key, found, True)
-    with store().lock(stage, key):
-        if found := store().done(stage, key):  # another run finished it while we waited
-            return StageResult(stage, key, found, True)
-        return StageResult(stage, key, run(), False)
-
-
 @flow(name="behavior", log_prints=True)
-def behavior_flow(spec: TaskSpec) -> StageResult:
+def behavior_flow(spec: TaskSpec) -> Trained:
     key = keys.train_key(spec)
-    return _run_stage("train", key, lambda: train_adapter(spec, key))
+    return run_stage("train", key, train_adapter, spec, key)
 
 
 @flow(name="knowledge", log_prints=True)
-def knowledge_flow(spec: TaskSpec) -> StageResult:
+def knowledge_flow(spec: TaskSpec) -> Indexed:
     key = keys.index_key(spec)
-    return _run_stage("index", key, lambda: build_knowledge_index(spec, key))
+    return run_stage("index", key, build_knowledge_index, spec, key)
 
 
 @flow(name="reader", log_prints=True)
-def reader_flow(spec: TaskSpec) -> StageResult:
+def reader_flow(spec: TaskSpec) -> Trained:
     """The knowledge spec's reading adapter: trained once per base model, then found by every spec."""
     key = keys.reader_key(spec)
-    return _run_stage("reader", key, lambda: reader_adapter(spec, key))
+    return run_stage("reader", key, reader_adapter, spec, key)
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate_arms(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
-                  key: str, reader: StageResult | None = None) -> Path:
-    import json
-
+def evaluate_arms(spec: TaskSpec, decision: Route, trained: Trained | None, indexed: Indexed | None,
+                  key: str, reader: Trained | None = None) -> Path:
+    """Evaluate the candidate's arms into the stage store under `key` (`compare`'s child calls `.fn`)."""
     from adaptflow.system import System
     from components.evaluate import arms_for, evaluate
     from components.reader import chosen_reader_decides
 
     adapting = trained or reader  # a knowledge spec's reader is its adapter
-    adapter = adapting.path / "adapter" if adapting else None
-    index = indexed.path / "index" if indexed else None
-    record = json.loads((adapting.path / "train_record.json").read_text()) if adapting else None
-    system = System(f"{spec.name}@candidate", spec, adapter, index)
+    system = System(f"{spec.name}@candidate", spec, adapting.adapter if adapting else None,
+                    indexed.index if indexed else None)
     work = store().work("eval", key)
     report = evaluate(system, spec, arms_for(decision.behavior, decision.knowledge, reader=reader is not None),
-                      work / "eval", record, progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"),
+                      work / "eval", adapting.record() if adapting else None,
+                      progress=artifacts.EvalProgress("evaluation", f"eval-progress-{spec.name}"),
                       reader_decides=chosen_reader_decides(spec))
     return store().commit("eval", key, {"timings": report["timings"]})
 
 
-def evaluation_flow_stage(spec, decision, trained, indexed, reader=None) -> StageResult:
-    key = keys.eval_key(spec, decision, trained, indexed, reader)
-    return _run_stage("eval", key, lambda: evaluate_arms(spec, decision, trained, indexed, key, reader))
+@flow(name="evaluation", log_prints=True)
+def evaluation_flow(spec: TaskSpec, decision: Route, trained: Trained | None, indexed: Indexed | None,
+                    reader: Trained | None = None) -> Evaluated:
+    key = keys.eval_key(spec, decision, trained and trained.key, indexed and indexed.key, reader and reader.key)
+    return run_stage("eval", key, evaluate_arms, spec, decision, trained, indexed, key, reader)
 
 
-def shipped_reader(evaluated: StageResult, reader: StageResult | None) -> StageResult | None:
+def shipped_reader(evaluated: Evaluated, reader: Trained | None) -> Trained | None:
     """The reader when the evaluation's main arm reads with it (auto keeps it only where it helped)."""
-    import json
-
     if reader is None:
         return None
-    report = json.loads((evaluated.path / "eval" / "report.json").read_text())
-    return reader if report["main_arm"].startswith("reader") else None
+    return reader if evaluated.report()["main_arm"].startswith("reader") else None
 
 
 # How a run went, not what it made: wall times, memory, whether it resumed. They go to the manifest's
 # volatile section, so two runs of the same inputs register one version (components.registry_files).
 VOLATILE_TRAIN_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "peak_rss_mb", "resumed_from_step")
-
-
-def _stage_info(result: StageResult) -> dict:
-    import json
-
-    marker = result.path / "stage.json"
-    return json.loads(marker.read_text()) if marker.exists() else {}
 
 
 def _machine_facts(manifest: dict) -> dict:
@@ -230,43 +193,50 @@ def _machine_facts(manifest: dict) -> dict:
     return facts
 
 
-@task(name="register", cache_policy=NONE)
-def register(spec: TaskSpec, decision: Route, trained: StageResult | None, indexed: StageResult | None,
-             evaluated: StageResult, aliases: list[str] | None = None, extra: dict | None = None,
-             reader: StageResult | None = None):
-    """Publish the stages' outputs as `spec.name`; `aliases` default to latest + promote_to, `extra` joins the manifest."""
-    import json
+@task(name="check-gates", cache_policy=NONE)
+def check_gates(spec: TaskSpec, evaluated: Evaluated) -> GateResult:
+    """The spec's gates on the evaluation's metrics: all must pass for `publish` to move an alias beyond latest."""
+    return evaluate_gates(spec.evaluation.gates if spec.evaluation else {}, evaluated.report()["metrics"])
 
-    from components.gates import evaluate_gates
+
+def _stage_folder(trained: Trained | None, indexed: Indexed | None, evaluated: Evaluated, staging: Path) -> dict:
+    """Copy the stages' outputs into `staging` as a registry version lays them out; returns their volatile facts."""
+    volatile: dict = {"eval": evaluated.record()}
+    if trained:
+        shutil.copytree(trained.adapter, staging / "adapter")
+        record = trained.record()
+        volatile["train"] = {k: record.pop(k) for k in VOLATILE_TRAIN_KEYS if k in record}
+        (staging / "adapter" / "train_record.json").write_text(json.dumps(record, indent=2))
+    if indexed:
+        shutil.copytree(indexed.index, staging / "index")
+        volatile["index"] = split_volatile(indexed.record())[1]
+    shutil.copytree(evaluated.folder, staging / "eval")
+    return volatile
+
+
+@task(name="publish", cache_policy=NONE)
+def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained | None, indexed: Indexed | None,
+            evaluated: Evaluated, aliases: list[str] | None = None, extra: dict | None = None,
+            reader: Trained | None = None) -> Version:
+    """Register the stages' outputs as `spec.name`; `aliases` default to latest + promote_to (the registry moves
+    them only as far as `gates` allow), `extra` joins the manifest."""
     from components.models import resolve_model
-    from components.registry import Registry, manifest_base
 
-    report = json.loads((evaluated.path / "eval" / "report.json").read_text())
-    gates = evaluate_gates(spec.evaluation.gates if spec.evaluation else {}, report["metrics"])
-    volatile: dict = {"eval": _stage_info(evaluated).get("timings", {})}
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-stage-"))
     try:
-        if trained:
-            shutil.copytree(trained.path / "adapter", staging / "adapter")
-            record = json.loads((trained.path / "train_record.json").read_text())
-            volatile["train"] = {k: record.pop(k) for k in VOLATILE_TRAIN_KEYS if k in record}
-            (staging / "adapter" / "train_record.json").write_text(json.dumps(record, indent=2))
-        if indexed:
-            shutil.copytree(indexed.path / "index", staging / "index")
-            volatile["index"] = split_volatile(_stage_info(indexed).get("index", {}))[1]
-        shutil.copytree(evaluated.path / "eval", staging / "eval")
+        volatile = _stage_folder(trained, indexed, evaluated, staging)
         manifest = manifest_base(
             spec, base_model=resolve_model(spec.base_model, verify=False), route=decision.label,
-            reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=report["metrics"], gates=gates,
+            reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=evaluated.report()["metrics"],
+            gates=gates,
         )
         manifest["volatile"] = volatile | _machine_facts(manifest)
         manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, reader, evaluated) if s}
         manifest |= extra or {}
         aliases = aliases or ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
-        version = Registry().publish(spec.name, staging, manifest, aliases=aliases)
+        return Registry().publish(spec.name, staging, manifest, aliases=aliases)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return version, gates, report
 
 
 @flow(name="adapt", flow_run_name=spec_run_name, log_prints=True)
@@ -284,13 +254,14 @@ def adapt(spec_path: str, workspace: str | None = None, processes: int | None = 
         trained = _noted(progress, behavior_flow(trains)) if decision.behavior else None
         indexed = _noted(progress, prebuilt_index or knowledge_flow(spec)) if decision.knowledge else None
         reader = reader_flow(spec) if decision.knowledge and reader_mode(trains) else None
-        evaluated = _noted(progress, evaluation_flow_stage(trains, decision, trained, indexed, reader))
+        evaluated = _noted(progress, evaluation_flow(trains, decision, trained, indexed, reader))
     finally:
         artifacts.end_run_progress()
-    version, gates, report = register(spec, decision, trained or shipped_reader(evaluated, reader), indexed,
-                                      evaluated, reader=reader, extra={"route_probe": evidence} if evidence else None)
+    gates = check_gates(spec, evaluated)
+    version = publish(spec, decision, gates, trained or shipped_reader(evaluated, reader), indexed, evaluated,
+                      reader=reader, extra={"route_probe": evidence} if evidence else None)
     stages = [s for s in (trained, indexed, reader, evaluated) if s]
-    artifacts.publish_run_summary(spec, decision, version, gates, report, stages, trained)
+    artifacts.publish_run_summary(spec, decision, version, gates, evaluated.report(), stages)
     line = result_line(version, gates)
     progress.done(line)
     print(line)  # the last line of the run's logs, in the UI as in the terminal
