@@ -12,7 +12,7 @@ instead, through the ordinary training loop (components.train), on one of two da
 `both` trains the adapter and builds the index. The spec the training and evaluation stages see is
 the user's spec with a `behavior:` section made from `knowledge.finetune` (`trainee`), so every stage,
 key and loader works unchanged (the route is decided on the user's spec); the registry keeps the user's spec. This module composes both halves
-(vectorstore chunks, components training data), so it sits above them (DESIGN.md, "Dependencies").
+(vectorstore chunks, components training data), so it sits above them (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Adapter methods: one builder and one registration line per spec class.
 
-This is the one place where peft keyword names appear (STYLE.md 4). A builder turns a typed spec
-into either a `peft.PeftConfig` (the peft methods) or a `WeightSelection` (selective, full: base
-parameters trained in place). `apply_method` attaches it; `components.adapter_io` writes and reads
-it back. Method-specific training hooks (AdaLoRA's rank allocation and orthogonal
+This is the one place where peft keyword names appear, so a peft rename touches one file. A builder
+turns a typed spec into either a `peft.PeftConfig` (the peft methods) or a `WeightSelection`
+(selective, full: base parameters trained in place). `apply_method` attaches it; `components.adapter_io`
+writes and reads it back. Method-specific training hooks (AdaLoRA's rank allocation and orthogonal
 regularisation, the virtual-token offset of prompt learning) live here too, so the training loop
 stays generic.
 """

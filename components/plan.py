@@ -16,7 +16,7 @@ from components.spec import PROMPT_LEARNING, TaskSpec
 
 
 def derived_defaults(spec: TaskSpec) -> dict:
-    """The defaults we fill in, so a user sees exactly what will run (STYLE.md 6)."""
+    """The defaults we fill in, so a user sees exactly what will run: none is filled in silently."""
     out: dict = {}
     if spec.behavior is not None:
         adapter = spec.behavior.adapter

@@ -2,7 +2,7 @@
 
 A spec file is data the user edits (specs/*.yaml); this module is its schema. Loading, line
 numbers and friendly errors live in `components.specload`. Every adapter method is one class
-here; its translation to peft lives in `components.methods` (one place, STYLE.md 4).
+here; its translation to peft lives in `components.methods` (one place: peft keyword names appear nowhere else).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False}
 LORA_7B_TRAINABLE = 4_194_304  # r=8 on q_proj, v_proj (tests/components/test_methods.py counts it)
-# Peaks measured with torch.cuda.max_memory_allocated on one H200, r=8 q,v, rows of 512 tokens (issue 12, shared/gpu):
+# Peaks measured with torch.cuda.max_memory_allocated on one H200, r=8 q,v, rows of 512 tokens (docs/memory.md):
 MEASURED_GB = {"qlora_b8_ckpt_bf16": 6.17, "lora_b8_ckpt": 15.11, "lora_b8": 33.1, "lora_b1": 15.5}
 
 

@@ -1,4 +1,4 @@
-"""A bounded server (issue 14): prompts past the context answer 400 (retrieved chunks counted), a client
+"""A bounded server (docs/serving.md): prompts past the context answer 400 (retrieved chunks counted), a client
 that disconnects stops its generation, per-request timeouts, the queue limit (429 + Retry-After), LRU
 eviction past --max-adapters, re-verification of a loaded version whose files changed, /metrics.
 Real `adaptflow serve` subprocesses, real HTTP clients that really disconnect."""
