@@ -23,10 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "vectorstore", "adaptflow", "flows")
 FLOOR = ("components.spec", "components.specload", "components.remote_code", "components.fileio",
          "components.evalset")
-# A cycle known on main, named in issue 15 (section 4) and removed by that work: skip exactly this pair
-# until it is gone. Nothing else may be added here.
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"flows.compare", "flows.deployments"})}
-
 
 @dataclass(frozen=True)
 class Edge:
@@ -195,7 +191,7 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_no_import_cycles():
     edges = import_edges()
-    found = [c for c in cycles(edges) if frozenset(c) not in KNOWN_CYCLES]
+    found = list(cycles(edges))
     lines = []
     for component in found:
         members = set(component)
