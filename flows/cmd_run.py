@@ -54,7 +54,7 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, 
 
     spec = with_processes(load_spec(spec_file, workspace), processes)  # fail fast, before Prefect starts
     registry = Registry(root)
-    os.environ["ADAPTFLOW_REGISTRY"] = str(registry.root)  # the flow's register task reads it
+    os.environ["ADAPTFLOW_REGISTRY"] = str(registry.root)  # the flow's publish task reads it
     if (found := keys.up_to_date(spec, registry)) is not None:
         _record_unchanged(spec_file, found.ref)
         typer.echo(f"up to date: {found.ref}, nothing ran")

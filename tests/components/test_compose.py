@@ -48,7 +48,7 @@ def world(tmp_path_factory, tokenizer, base_dir):
         staging = root / f"staging-{name}"
         save_adapter(model, spec.behavior.adapter, staging / "adapter")
         manifest = manifest_base(spec, base_model=base)
-        manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.register does
+        manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.publish does
         reg.publish(name, staging, manifest)
     return root, reg, base_dir
 

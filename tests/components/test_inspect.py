@@ -143,7 +143,7 @@ def test_inspect_command_registers_a_verified_derived_version(trained, base_dir,
     spec = {"name": "tiny", "base_model": {"id": str(base_dir)}}
     base = {"id": str(base_dir), "revision": None, "weights_hash": None, "path": str(base_dir)}
     manifest = manifest_base(spec, base_model=base)
-    manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.register does
+    manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.publish does
     source = reg.publish("tiny", staging, manifest)
 
     runner = CliRunner()
