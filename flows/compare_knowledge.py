@@ -86,8 +86,9 @@ def measure_updates(spec: TaskSpec, indexed: Indexed) -> dict[str, dict]:
         key = keys.train_key(trains)
         shutil.rmtree(store().root / "train" / key, ignore_errors=True)  # measured, never taken from the store
         started = time.perf_counter()
-        record = Trained("train", key, train_adapter.fn(trains, key), False).record()
+        trained = Trained("train", key, train_adapter.fn(trains, key), False)
         seconds = round(time.perf_counter() - started, 2)
+        record = trained.record()
         retrain = {"seconds": seconds, "train_seconds": record["train_seconds"], "steps": record["steps"],
                    "what": f"retrain the documents' adapter on the changed chunks ({record['steps']} steps, "
                            f"{record['train_seconds']:.0f} s in training steps, model load included)"}
