@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from components.fileio import atomic_write_json
+
 PROGRESS = "ADAPTFLOW_DDP_PROGRESS "  # rank 0's stdout line carrying training progress as JSON
 ERROR_FILE = "rank-error.json"  # rank 0's failure, re-raised by the parent as the same kind of error
 LOG_FILE = "launch.log"
@@ -248,9 +250,7 @@ def _print_progress(step: int, total: int, metrics: dict) -> None:
 
 def _record_error(exc: BaseException, out_dir: Path) -> None:
     error = {"type": type(exc).__name__, "message": str(exc), "result": getattr(exc, "result", None)}
-    tmp = out_dir / (ERROR_FILE + ".tmp")
-    tmp.write_text(json.dumps(error, indent=1, default=str))
-    os.replace(tmp, out_dir / ERROR_FILE)
+    atomic_write_json(out_dir / ERROR_FILE, error, indent=1, default=str)
 
 
 if __name__ == "__main__":

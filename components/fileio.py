@@ -76,10 +76,9 @@ def fsync_tree(root: Path) -> None:
         fsync_path(Path(dirpath))
 
 
-def json_text(data: Any, *, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True,
-              allow_nan: bool = True) -> str:
-    """The JSON text Adaptflow writes: indented, one trailing newline."""
-    return json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii, allow_nan=allow_nan) + "\n"
+def json_text(data: Any, *, indent: int | None = 2, **options: Any) -> str:
+    """The JSON text Adaptflow writes: indented, one trailing newline (`options` go to `json.dumps`)."""
+    return json.dumps(data, indent=indent, **options) + "\n"
 
 
 def write_durable(path: Path, text: str, *, exclusive: bool = False) -> None:

@@ -28,7 +28,7 @@ from types import ModuleType
 
 from filelock import FileLock
 
-from components.fileio import adaptflow_home, atomic_write_text, fsync_tree, seal_dir, sha256_file
+from components.fileio import adaptflow_home, atomic_write_text, fsync_tree, json_text, seal_dir, sha256_file
 from components.objectstore import ObjectStore, is_url
 
 DONE = "stage.json"
@@ -101,7 +101,7 @@ class StageStore:
         final = self.root / stage / key
         fsync_tree(work)
         seal_dir(work, final, DONE, {"stage": stage, "key": key, **info},
-                 text=lambda data: json.dumps(data, indent=2, default=str))
+                 text=lambda data: json_text(data, default=str))
         if self.remote:
             self._share(stage, key, final, {"stage": stage, "key": key, **info})
         return final

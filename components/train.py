@@ -24,7 +24,6 @@ rank 0 evaluates and writes checkpoints, the adapter and the record.
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
 import shutil
@@ -50,7 +49,7 @@ from components.data import (
     render_prompt,
     tokenize_examples,
 )
-from components.fileio import atomic_write_json
+from components.fileio import atomic_write_json, fsync_tree, rename_into_place
 from components.precision import Precision, resolve_precision
 from components.ranks import current as current_ranks
 from components.spec import (
@@ -418,8 +417,8 @@ def train(
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         adapter_io.save_adapter(model, behavior.adapter, tmp)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        os.replace(tmp, adapter_dir)
+        fsync_tree(tmp)
+        rename_into_place(tmp, adapter_dir)  # the folder stays vanilla peft: no marker in it
     ranks.barrier()  # the other ranks wait for rank 0's adapter
     trainable, all_params = methods.count_parameters(model)
     record = TrainRecord(
