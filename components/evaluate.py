@@ -236,7 +236,8 @@ def add_losses(report: dict, rows: dict[str, list[dict]]) -> None:
     """Per retrieval arm: retrieval_loss = gold-context - retrieved, reading_loss = 1 - gold-context,
     both in LOSS_METRIC over the rows that have gold documents; the gold arm carries its reading loss."""
     def on_gold(arm: str) -> float | None:
-        values = [r[LOSS_METRIC] for r in rows[arm] if r.get("has_gold") and LOSS_METRIC in r]
+        # an evaluation set without doc_ids has no gold-context arm (found: compare on a knowledge spec)
+        values = [r[LOSS_METRIC] for r in rows.get(arm, []) if r.get("has_gold") and LOSS_METRIC in r]
         return sum(values) / len(values) if values else None
 
     ceiling = {}
@@ -263,7 +264,8 @@ def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
             chunk = ids[start:start + window + 1].unsqueeze(0).to(model.device)
             # The loss from logits, not `labels=`: with labels, peft 0.21's AdaLoraModel.forward adds its orthogonal
             # regulariser, which fails on an adapter loaded for inference (no trainable_adapter_name).
-            logits = model(input_ids=chunk).logits[0, :-1].float()
+            # A soft prompt (prompt learning, a hybrid's prompt part) prepends its virtual tokens' logits: keep the text's.
+            logits = model(input_ids=chunk).logits[0, -chunk.shape[1]:-1].float()
             n = chunk.shape[1] - 1
             nll += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:])) * n
             count += n

@@ -55,3 +55,13 @@ def test_generation_batched_by_length_returns_answers_in_prompt_order(tokenizer)
     two = []
     generate_texts(model, tokenizer, prompts, max_new_tokens=2, batch_size=2, on_batch=lambda d, t: two.append(d))
     assert two == [2, 4, 5]
+
+
+def test_losses_without_gold_documents_are_left_out():
+    """An evaluation set without doc_ids: retrieval arms but no gold-context arm, so no losses and no ceiling."""
+    from components.evaluate import add_losses
+
+    report = {"arms": {"base": {"contains_answer": 0.0}, "base+retrieval": {"contains_answer": 0.5}}}
+    rows = {"base": [{"contains_answer": 0.0}], "base+retrieval": [{"contains_answer": 1.0}]}
+    add_losses(report, rows)
+    assert report == {"arms": {"base": {"contains_answer": 0.0}, "base+retrieval": {"contains_answer": 0.5}}}

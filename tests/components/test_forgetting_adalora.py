@@ -35,3 +35,23 @@ def test_adalora_system_measures_forgetting_and_perplexity_matches_the_labels_lo
     with torch.no_grad():
         oracle = math.exp(float(plain(input_ids=ids, labels=ids).loss))  # the HF loss on one window
     assert perplexity(plain, tokenizer, "The harbor opened in 1871. " * 4) == pytest.approx(oracle, rel=1e-5)
+
+
+@pytest.mark.parametrize("adapter", [
+    {"method": "prompt_tuning", "num_virtual_tokens": 4},
+    {"method": "hybrid", "parts": [{"method": "prompt_tuning", "num_virtual_tokens": 4}, {"method": "lora", "r": 2}]},
+])
+def test_a_soft_prompt_system_measures_forgetting(adapter, tiny_llama_dir, tokenizer, tmp_path):
+    """The virtual tokens' logits come first in a prompt-learning model's output (found: a prompt_tuning + lora
+    hybrid failed its evaluation with 'input batch_size (264) ... target batch_size (256)')."""
+    spec_adapter = TypeAdapter(AdapterSpec).validate_python(adapter)
+    model = apply_method(make_tiny_llama(tokenizer), spec_adapter, total_steps=10, tokenizer=tokenizer)
+    with torch.no_grad():
+        for param in (p for p in model.parameters() if p.requires_grad):
+            param.add_(torch.randn_like(param) * 0.1)
+    save_adapter(model, spec_adapter, tmp_path / "adapter")
+    spec = TaskSpec.model_validate({"name": "soft", "goal": "behavior", "base_model": {"id": str(tiny_llama_dir)},
+                                    "behavior": {"data": {"train": "t.jsonl"}, "adapter": spec_adapter.model_dump()}},
+                                   context={"check_exists": False})
+    result = forgetting(System("soft@v1", spec, tmp_path / "adapter", None), "The harbor opened in 1871. " * 60)
+    assert result["base_ppl"] > 0 and math.isfinite(result["forgetting"]) and result["adapter_ppl"] != result["base_ppl"]
