@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from components.spec import KnowledgeSpec
+from vectorstore import index_shards
 from vectorstore.chunking import Chunk, chunk_documents
 from vectorstore.docstore import DOCSTORE_FILE, chunk_row, write_docstore
 from vectorstore.documents import CHUNKER_VERSION, corpus_hash_of, knowledge_documents
@@ -82,6 +83,8 @@ def _previous(previous: Path, embedder: Embedder, knowledge: KnowledgeSpec, plan
     chunking = {"size": knowledge.chunking.size, "overlap": knowledge.chunking.overlap, "chunker": CHUNKER_VERSION}
     if info["chunking"] != chunking:
         return None, "previous index used other chunking; full build"
+    if info["index"].get("shards", 1) != plan.shards:
+        return None, f"shard count changed ({info['index'].get('shards', 1)} -> {plan.shards}); full build"
     if info["index"]["factory"] != plan.factory:
         return None, f"index type changed ({info['index']['factory']} -> {plan.factory}); full build"
     return (info, index, rows), "incremental"
@@ -172,7 +175,7 @@ def build_index(
         "embedder": embedder.info(),
         "chunking": {"size": knowledge.chunking.size, "overlap": knowledge.chunking.overlap, "chunker": CHUNKER_VERSION},
         "index": {"kind": plan.kind, "factory": plan.factory, "metric": "inner_product", "params": params,
-                  "build": plan.build, "reason": plan.reason, "spec": knowledge.index.model_dump(mode="json")},
+                  "build": plan.build, "reason": plan.reason, **({"shards": plan.shards} if plan.shards > 1 else {}), "spec": knowledge.index.model_dump(mode="json")},
         "retrieval": {"top_k": knowledge.top_k, "hybrid": knowledge.hybrid},
         "corpus_hash": corpus_hash_of(docs, knowledge),
         "counts": {"documents": len(docs), "chunks": len(chunks), "vectors": int(index.ntotal), **counts},
@@ -188,7 +191,7 @@ def build_index(
     info["build_seconds"] = round(time.perf_counter() - loaded, 3)  # without loading the embedder:
     info["embedder_load_seconds"] = round(loaded - started, 3)  # that is once per process
     info = write_index_dir(Path(out_dir), {
-        INDEX_FILE: lambda p: faiss.write_index(index, str(p)),
+        **index_shards.writers(index, INDEX_FILE),
         DOCSTORE_FILE: lambda p: write_docstore(p, rows),
     }, info)
     report("write", 1, 1)

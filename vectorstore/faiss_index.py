@@ -12,7 +12,7 @@ below were measured with `bench/faiss_bench.py`; see docs/docstore.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faiss
@@ -26,6 +26,7 @@ from components.spec import (
     IvfIndexSpec,
     IvfPqIndexSpec,
 )
+from vectorstore import index_shards
 
 IndexSpecT = AutoIndexSpec | FlatIndexSpec | HnswIndexSpec | IvfIndexSpec | IvfPqIndexSpec | FactoryIndexSpec
 
@@ -52,6 +53,7 @@ class IndexPlan:
     min_recall: float | None = None  # None: exact search, nothing to measure
     tuning: tuple[dict[str, float], ...] = ()  # ever more expensive params `auto` may try
     reason: str = ""
+    shards: int = 1  # > 1: `factory` per shard, queried through faiss.IndexShards (index_shards.py)
 
     @property
     def exact(self) -> bool:
@@ -89,6 +91,15 @@ def _auto_plan(spec: AutoIndexSpec, n: int, dim: int) -> IndexPlan:
             "hnsw", f"IDMap2,HNSW{HNSW_M}", dict(ef[0]), {"efConstruction": HNSW_EF_CONSTRUCTION}, spec.min_recall, ef,
             f"{n} vectors > {FLAT_MAX_VECTORS} and {float_bytes / 2**20:.0f} MB fit memory_budget_mb={spec.memory_budget_mb}",
         )
+    m, bits = _pq_shape(n, dim)
+    per_vector = math.ceil(m * bits / 8) + index_shards.ID_BYTES
+    shards = index_shards.shard_count(n, per_vector, budget)
+    if shards > 1:
+        per_shard = _auto_plan(spec, math.ceil(n / shards), dim)
+        return replace(per_shard, shards=shards, reason=(
+            f"{n} vectors as IVF-PQ codes and ids ({n * per_vector / 2**20:.2f} MB) exceed "
+            f"memory_budget_mb={spec.memory_budget_mb}: {shards} shards of {per_shard.factory}, "
+            "queried through faiss.IndexShards"))
     nlist = default_nlist(n)
     m, bits = _pq_shape(n, dim)
     refine = n * (dim + m) <= budget  # re-rank PQ candidates with 8-bit scalar-quantized vectors
@@ -157,7 +168,9 @@ def _native_ids(description: str, dim: int) -> bool:
 
 
 def set_params(index: faiss.Index, params: dict[str, float]) -> None:
-    """Set search-time parameters wherever they apply in a (wrapped) index."""
+    """Set search-time parameters wherever they apply in a (wrapped, or sharded) index."""
+    for part in index_shards.shards_of(index) or ():
+        set_params(part, params)
     node = faiss.downcast_index(index)
     while node is not None:
         if isinstance(node, faiss.IndexRefine):
@@ -174,7 +187,13 @@ def set_params(index: faiss.Index, params: dict[str, float]) -> None:
 
 
 def build_faiss(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, train: np.ndarray | None = None) -> faiss.Index:
-    """An index trained on `train` (default: `vectors`) holding `vectors` under `ids`, search parameters set."""
+    """An index trained on `train` (default: `vectors`) holding `vectors` under `ids`, search parameters set.
+
+    A sharded plan builds each shard on its own vectors (the point of sharding: no build sees them all)."""
+    if plan.shards > 1:
+        index = index_shards.build_shards(plan, vectors, ids, vectors if train is None else train, build_faiss)
+        set_params(index, plan.params)
+        return index
     dim = vectors.shape[1]
     try:
         index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -204,6 +223,9 @@ def build_faiss(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, train: np
 
 def index_ids(index: faiss.Index) -> np.ndarray:
     """The int64 ids an index holds: its IDMap's, or those stored in its inverted lists."""
+    parts = index_shards.shards_of(index)
+    if parts is not None:
+        return np.concatenate([index_ids(p) for p in parts]) if parts else np.zeros(0, np.int64)
     top = faiss.downcast_index(index)
     if isinstance(top, faiss.IndexIDMap):
         return faiss.vector_to_array(top.id_map).astype(np.int64)

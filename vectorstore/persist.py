@@ -81,7 +81,13 @@ def open_index_dir(index_dir: Path, verify: bool = True) -> tuple[dict[str, Any]
     info = read_info(index_dir)
     if verify:
         verify_files(index_dir, info)
-    index = read_faiss(index_dir / INDEX_FILE)
+    shards = info["index"].get("shards", 1)
+    if shards > 1:
+        from vectorstore.index_shards import read_shards
+
+        index = read_shards(index_dir, shards, info["embedder"]["dim"], read_faiss)
+    else:
+        index = read_faiss(index_dir / INDEX_FILE)
     rows = read_docstore(index_dir / DOCSTORE_FILE)
     ids = set(index_ids(index).tolist())
     if len(ids) != index.ntotal or ids != set(rows):
