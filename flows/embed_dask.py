@@ -46,7 +46,8 @@ def embed_shard_task(embedder_name: str, shard: Shard, threads: int) -> np.ndarr
 
 
 @flow(name="embed-corpus", log_prints=True)
-def embed_corpus(knowledge: KnowledgeSpec, cache_dir: str, threads: int = 1, shard_size: int = SHARD_SIZE) -> dict[str, int]:
+def embed_corpus(knowledge: KnowledgeSpec, cache_dir: str, threads: int = 1, shard_size: int = SHARD_SIZE,
+                 workers: int = 1) -> dict[str, int]:
     """Fill the embedding cache for the spec's chunks, one task run per shard of uncached chunks.
 
     The shards are cut here, inside the flow, not passed in: a flow run's parameters are stored by the
@@ -55,7 +56,7 @@ def embed_corpus(knowledge: KnowledgeSpec, cache_dir: str, threads: int = 1, sha
     embedder = load_embedder(knowledge.embedder)
     chunks = chunk_documents(knowledge_documents(knowledge), embedder.token_offsets, knowledge.chunking)
     cache = EmbeddingCache(Path(cache_dir), embedder)
-    shards = pending_shards(chunks, cache, shard_size)
+    shards = pending_shards(chunks, cache, shard_size, workers)  # as many (even) shards per worker
     unique = len({c.embed_hash for c in chunks})
     futures = {embed_shard_task.submit(knowledge.embedder, s, threads): s for s in shards}
     for done, future in enumerate(as_completed(list(futures)), 1):
@@ -72,7 +73,7 @@ def embed_on_dask(knowledge: KnowledgeSpec, cache_dir: Path, address: str, *, wo
     workers = workers or max(1, (os.cpu_count() or 1) // threads)
     with api_for_workers():
         runner = task_runner(address, workers, threads)
-        return embed_corpus.with_options(task_runner=runner)(knowledge, str(cache_dir), threads, shard_size)
+        return embed_corpus.with_options(task_runner=runner)(knowledge, str(cache_dir), threads, shard_size, workers)
 
 
 @contextmanager

@@ -65,7 +65,11 @@ def test_killed_dask_embedding_resumes_from_finished_shards(tmp_path: Path, tiny
     cache = EmbeddingCache(home / "embeddings", embedder)
     left = sum(len(s.hashes) for s in pending_shards(chunks, cache, 30))
     finished = len(unique) - left
-    assert finished >= 30 and finished % 30 in (0, len(unique) % 30)  # whole shards only
+    planned = pending_shards(chunks, EmbeddingCache(home / "fresh", embedder), 30, workers=2)  # what the run cut
+    assert len(planned) % 2 == 0 and max(len(s.hashes) for s in planned) - min(len(s.hashes) for s in planned) <= 1
+    done = set(cache.get(list(unique)))
+    assert finished >= 2 * min(len(s.hashes) for s in planned)
+    assert all(set(s.hashes) <= done or not set(s.hashes) & done for s in planned)  # whole shards only
 
     info = build_index(knowledge, tmp_path / "resumed", embedder=embedder, cache_dir=home / "embeddings")
     assert (info["counts"]["embedded"], info["counts"]["cached"]) == (left, finished)
