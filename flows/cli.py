@@ -19,6 +19,7 @@ from flows import (
     cmd_run,
     cmd_spec,
     cmd_ui,
+    cmd_worker,
     console,
 )
 from flows.options import VerboseOpt
@@ -42,7 +43,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 COMMANDS = (
     cmd_spec.validate, cmd_spec.schema, cmd_spec.plan, cmd_index.index, cmd_run.run, cmd_compare.compare,
-    cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_chat.chat, cmd_inspect.inspect, cmd_compose.compose,
+    cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_worker.worker, cmd_chat.chat, cmd_inspect.inspect, cmd_compose.compose,
 )
 for command in COMMANDS:
     app.command()(command)

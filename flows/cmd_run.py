@@ -27,6 +27,8 @@ def run(
     processes: int | None = typer.Option(
         None, "--processes", min=1, metavar="N",
         help="train on N processes through `accelerate launch` (sets training.distributed.processes)"),
+    pool: str | None = typer.Option(None, "--pool", help="submit the run to this Prefect work pool's `adapt` "
+                                    "deployment and follow it (`adaptflow worker --pool NAME` serves it)"),
     verbose: bool = VerboseOpt,
 ) -> None:
     """Train, index, evaluate and register the system a spec declares; prints a summary and NAME@vN.
@@ -38,7 +40,7 @@ def run(
     console.install_sigterm()
     started = time.time()
     try:
-        code = _run(spec, workspace, root, log, processes)
+        code = _run(spec, workspace, root, log, processes, pool)
     except (typer.Exit, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM and errors each end in one line
@@ -46,7 +48,8 @@ def run(
     raise typer.Exit(code)
 
 
-def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, processes: int | None = None) -> int:
+def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, processes: int | None = None,
+         pool: str | None = None) -> int:
     from components.distributed import with_processes
     from components.registry import Registry
     from components.specload import load_spec
@@ -59,6 +62,14 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, 
         _record_unchanged(spec_file, found.ref)
         typer.echo(f"up to date: {found.ref}, nothing ran")
         return _verdict(found)
+    if pool is not None:
+        from flows.run_pool import run_on_pool
+
+        if processes is not None:
+            raise ValueError("--processes is not passed to a pool's `adapt` deployment; set training.distributed: "
+                             "{processes: N} in the spec instead (the worker's flow run reads the spec)")
+
+        return run_on_pool(pool, spec, spec_file, workspace, registry, _verdict)
     names = registry.names()
     before_versions = {v.number for v in registry.versions(spec.name)} if spec.name in names else set()
     before_aliases = registry.aliases(spec.name) if spec.name in names else {}

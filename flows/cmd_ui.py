@@ -20,6 +20,8 @@ from flows.server import DEFAULT_PORT
 def ui(
     port: int = typer.Option(DEFAULT_PORT, help="Prefect server port on 127.0.0.1 ($ADAPTFLOW_PREFECT_PORT, else 4200)"),
     stop: bool = typer.Option(False, "--stop", help="stop the Prefect server an earlier `adaptflow ui` left running"),
+    pool: str | None = typer.Option(None, "--pool", help="serve the deployments through this Prefect work pool "
+                                    "(type process, created if missing) and a worker, instead of in this process"),
     root: Path | None = RootOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
@@ -47,6 +49,15 @@ def ui(
         typer.echo(f"recorded {recorded} unchanged run(s) noted while no server was up")
     stopped = (f"stopped serving the deployments; the Prefect server is still running at http://127.0.0.1:{port} "
                "(`adaptflow ui --stop` stops it)")
+    if pool is not None:  # flows/pools.py: deployments on the pool, a worker in the foreground
+        from flows.pools import serve_pool
+
+        try:
+            serve_pool(pool, typer.echo)
+        except KeyboardInterrupt:
+            pass
+        typer.echo(stopped.replace("serving the deployments", f"the worker on pool {pool!r}"))
+        return
     _stop_on_first_ctrl_c(stopped)
     try:
         serve(*all_deployments())
