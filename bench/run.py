@@ -19,12 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results.json"
 BENCHES = ["cached_load", "faiss_bench", "adapter_swap", "qlora_memory", "train_speed", "pipeline", "s3_publish", "embed_dask",
-           "serve_load", "ddp"]
+           "serve_load", "ddp", "compare_parallel"]
 GOALS = {
     "train_tokens_per_s_ratio": (">=", 1.5), "qlora_weight_memory_ratio": ("<=", 0.35),
     "qlora_peak_rss_ratio": ("<=", 0.7), "cached_load_speedup": (">=", 10), "rerun_wall_ratio": ("<=", 0.05),
     "prefect_overhead": ("<=", 0.10), "faiss_qps_ratio": (">=", 10), "faiss_recall_at_10": (">=", 0.95),
-    "adapter_swap_speedup": (">=", 50), "embed_dask_speedup": (">=", 1.6), "serve_throughput_ratio": (">=", 3),
+    "adapter_swap_speedup": (">=", 50), "embed_dask_speedup": (">=", 1.6), "compare_parallel_speedup": (">=", 1.6), "serve_throughput_ratio": (">=", 3),
     "wrong_adapter_answers": ("<=", 0), "rss_growth_pct": ("<=", 10),
     "ddp_equivalence": ("<=", 1e-5),
 }

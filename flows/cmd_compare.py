@@ -34,6 +34,9 @@ def compare(
         None, "--select", help=f"{' | '.join(SELECT_RULES)} (default: the spec's compare.select, else best_score)"),
     parallel: int | None = typer.Option(
         None, "--parallel", min=1, help="variants trained at once (default: from free cores and memory)"),
+    pool: str | None = typer.Option(
+        None, "--pool", help="run each variant's stages as a deployment run on this Prefect work pool "
+        "(`adaptflow worker --pool NAME` serves it; --parallel of them at once)"),
     workspace: Path | None = WorkspaceOpt,
     root: Path | None = RootOpt,
     verbose: bool = VerboseOpt,
@@ -56,6 +59,14 @@ def compare(
     console.install_sigterm()
     if root is not None:
         os.environ["ADAPTFLOW_REGISTRY"] = str(root.expanduser().absolute())  # read by the flow's registry
+    if pool is not None:
+        from flows.server import running_url
+
+        if running_url() is None:
+            typer.echo("error: --pool needs the Prefect server the pool's workers use: set PREFECT_API_URL, or start "
+                       f"`adaptflow worker --pool {pool}` on this machine first", err=True)
+            raise typer.Exit(1)
+        os.environ["ADAPTFLOW_COMPARE_POOL"] = pool  # read where a variant's stages start (flows/compare_pool.py)
     try:
         with prefect_api(log.with_suffix(".server.log")):
             from flows.compare import compare as compare_flow

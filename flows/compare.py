@@ -70,8 +70,12 @@ def _child_env(threads: int | None) -> dict[str, str]:
 def run_child(spec: TaskSpec, stage_keys: dict[str, str | None], threads: int | None, progress=None) -> None:
     """Run the variant's missing stages in `python -m flows.compare_child JOB.json` under the parent's stage keys;
     relay progress; raise with the log tail."""
-    folder = Path(tempfile.mkdtemp(prefix=f"adaptflow-{spec.name}-"))
     job = {"spec": spec.model_dump(mode="json"), "keys": stage_keys}
+    if pool := os.environ.get("ADAPTFLOW_COMPARE_POOL"):  # `adaptflow compare --pool`: a deployment run instead
+        from flows.compare_pool import run_on_pool
+
+        return run_on_pool(pool, job, threads)
+    folder = Path(tempfile.mkdtemp(prefix=f"adaptflow-{spec.name}-"))
     (folder / "job.json").write_text(json.dumps(job, indent=2))
     log = folder / "child.log"
     cmd = [sys.executable, "-m", "flows.compare_child", str(folder / "job.json")]

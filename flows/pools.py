@@ -54,17 +54,20 @@ def ensure_pool(name: str) -> bool:
 
 
 def deploy_to_pool(name: str) -> list[UUID]:
-    """Apply every deployment `adaptflow ui` serves to the pool (the same names: adapt/adapt, compare/compare, ...)."""
+    """Apply every deployment `adaptflow ui` serves to the pool (the same names: adapt/adapt, compare/compare, ...),
+    and `variant-stages`, which `adaptflow compare --pool` sends each variant's stages to."""
     from prefect import deploy
 
+    from flows import compare_pool
     from flows.deployments import all_deployments
 
-    return deploy(*all_deployments(), work_pool_name=name, print_next_steps_message=False, ignore_warnings=True)
+    return deploy(*all_deployments(), compare_pool.deployment(), work_pool_name=name, print_next_steps_message=False,
+                  ignore_warnings=True)
 
 
 def worker_command(pool: str, limit: int | None = None, name: str | None = None) -> list[str]:
     prefect = Path(sys.executable).with_name("prefect")
-    cmd = [str(prefect), "worker", "start", "--pool", pool, "--type", POOL_TYPE]
+    cmd = [str(prefect), "worker", "start", "--pool", pool]  # the worker type follows the pool's
     if limit:
         cmd += ["--limit", str(limit)]
     if name:
@@ -93,6 +96,16 @@ def serve_pool(pool: str, echo: Callable[[str], None], limit: int | None = None,
     echo(f"work pool {pool!r} ({'created, ' if created else ''}type {POOL_TYPE}): deployments adapt, evaluate, "
          f"query, compare, inspect, compose applied; a worker polls it until Ctrl-C")
     return run_worker(pool, limit, name)
+
+
+def job_variables(pool: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """What a run overrides in the pool's job template: env always; working_dir on a process pool only (a
+    Docker or Kubernetes job runs in its image's folder, and its template has no such variable)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        kind = client.read_work_pool(pool).type
+    return {"env": env, "working_dir": str(cwd)} if kind == POOL_TYPE else {"env": env}
 
 
 def submit(deployment: str, parameters: dict[str, Any], job_variables: dict[str, Any]):

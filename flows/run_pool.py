@@ -34,7 +34,7 @@ def run_on_pool(pool: str, spec, spec_file: Path, workspace: Path | None, regist
         pools.check_pool(client, pool, pools.ADAPT_DEPLOYMENT)
     where = (workspace or Path.cwd()).expanduser().absolute()
     run = pools.submit(pools.ADAPT_DEPLOYMENT, {"spec_path": str(spec_file.expanduser().absolute())},
-                       {"working_dir": str(where), "env": {"ADAPTFLOW_REGISTRY": str(registry.root)}})
+                       pools.job_variables(pool, {"ADAPTFLOW_REGISTRY": str(registry.root)}, where))
     typer.echo(f"submitted flow run {run.name} ({run.id}) to pool {pool!r}; following it (Ctrl-C cancels it)", err=True)
     try:
         state = pools.follow(run.id, lambda line: typer.echo(line, err=True))

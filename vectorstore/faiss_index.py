@@ -191,7 +191,9 @@ def build_faiss(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, train: np
 
     A sharded plan builds each shard on its own vectors (the point of sharding: no build sees them all)."""
     if plan.shards > 1:
-        index = index_shards.build_shards(plan, vectors, ids, vectors if train is None else train, build_faiss)
+        single = replace(plan, shards=1)
+        index = index_shards.build_shards(plan.shards, vectors, ids, vectors if train is None else train,
+                                          lambda v, i, t: build_faiss(single, v, i, train=t))
         set_params(index, plan.params)
         return index
     dim = vectors.shape[1]

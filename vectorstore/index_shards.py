@@ -18,15 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-
-if TYPE_CHECKING:
-    from vectorstore.faiss_index import IndexPlan
 
 ID_BYTES = 8  # one int64 id per vector, in the IDMap or the inverted lists
 
@@ -61,13 +56,12 @@ def combine(parts: list[faiss.Index], dim: int) -> faiss.Index:
     return merged
 
 
-def build_shards(plan: IndexPlan, vectors: np.ndarray, ids: np.ndarray, train: np.ndarray,
-                 build_one: Callable[..., faiss.Index]) -> faiss.Index:
-    """plan.shards indexes, each filled with its own run of `vectors` and trained on its own run of
+def build_shards(count: int, vectors: np.ndarray, ids: np.ndarray, train: np.ndarray,
+                 build_one: Callable[[np.ndarray, np.ndarray, np.ndarray], faiss.Index]) -> faiss.Index:
+    """`count` indexes, each filled with its own run of `vectors` (and `ids`) and trained on its own run of
     `train` (so no shard's build holds more than its share), combined by IndexShards."""
-    single = replace(plan, shards=1)
-    runs = zip(shard_positions(len(vectors), plan.shards), shard_positions(len(train), plan.shards), strict=True)
-    parts = [build_one(single, vectors[pos], ids[pos], train=train[tpos]) for pos, tpos in runs]
+    runs = zip(shard_positions(len(vectors), count), shard_positions(len(train), count), strict=True)
+    parts = [build_one(vectors[pos], ids[pos], train[tpos]) for pos, tpos in runs]
     return combine(parts, vectors.shape[1])
 
 
