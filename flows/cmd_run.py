@@ -63,10 +63,11 @@ def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, 
         typer.echo(f"up to date: {found.ref}, nothing ran")
         return _verdict(found)
     if pool is not None:
+        from flows.pool_runs import PoolError
         from flows.run_pool import run_on_pool
 
         if processes is not None:
-            raise ValueError("--processes is not passed to a pool's `adapt` deployment; set training.distributed: "
+            raise PoolError("--processes is not passed to a pool's `adapt` deployment; set training.distributed: "
                              "{processes: N} in the spec instead (the worker's flow run reads the spec)")
 
         return run_on_pool(pool, spec, spec_file, workspace, registry, _verdict)

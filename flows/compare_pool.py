@@ -54,7 +54,7 @@ def deployment():
 
 def run_on_pool(pool: str, job: dict, threads: int | None) -> None:
     """Submit the job to the pool, print its logs as they come, raise VariantError unless it completes."""
-    from flows import pools
+    from flows import pool_runs as pools
 
     env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ}
     if threads:

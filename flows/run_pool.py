@@ -21,7 +21,8 @@ from flows import console
 def run_on_pool(pool: str, spec, spec_file: Path, workspace: Path | None, registry, verdict: Callable) -> int:
     from prefect.client.orchestration import get_client
 
-    from flows import keys, pools
+    from flows import keys
+    from flows import pool_runs as pools
     from flows.server import running_url
 
     url = running_url()
