@@ -24,7 +24,7 @@ from prefect.types.entrypoint import EntrypointType
 POOL_ENV = "ADAPTFLOW_COMPARE_POOL"
 DEPLOYMENT = "variant-stages/variant-stages"
 SHARED_ENV = ("ADAPTFLOW_STAGES", "ADAPTFLOW_REGISTRY")
-CHILD_MODULE = "flows.compare"  # `python -m flows.compare JOB.json`: one variant's missing stages
+CHILD_MODULE = "flows.compare_child"  # `python -m flows.compare_child JOB.json`: one variant's missing stages
 
 
 @flow(name="variant-stages", flow_run_name="{job[spec][name]}", log_prints=True)

@@ -25,7 +25,7 @@ import json, os, sys, time
 from pathlib import Path
 from components.registry import Registry
 from flows.keys import store
-from flows.pipeline import _run_stage as run_stage
+from flows.stages import run_stage
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 
 def compute():
