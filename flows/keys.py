@@ -85,14 +85,13 @@ def _package_modules(package) -> list:
     return [importlib.import_module(f"{package.__name__}.{m.name}") for m in pkgutil.iter_modules(package.__path__)]
 
 
-def tune_rows(spec: TaskSpec) -> list[tuple[str, list[str]]] | None:
-    """(question, gold doc ids) the index build tunes unset chunking / top_k on (vectorstore.tune), else None."""
-    from vectorstore import read_eval_rows
-    from vectorstore.tune import tunable
+def tune_rows(spec: TaskSpec) -> list[tuple[str, list[str], list[str]]] | None:
+    """(question, gold doc ids, answers) the index build tunes unset chunking / top_k on (vectorstore.tune), else None."""
+    from vectorstore.tune import read_tune_rows, tunable
 
     if spec.knowledge is None or not tunable(spec.knowledge) or spec.evaluation is None or spec.evaluation.data is None:
         return None
-    return read_eval_rows(spec.evaluation.data) or None
+    return read_tune_rows(spec.evaluation.data) or None
 
 
 def index_key(spec: TaskSpec) -> str:

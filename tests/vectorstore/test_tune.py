@@ -9,7 +9,7 @@ import pytest
 from components.spec import KnowledgeSpec
 from tests.vectorstore.conftest import TOPICS, write_corpus
 from vectorstore import Retriever, build_index, evaluate_retrieval
-from vectorstore.tune import SIZES, TOP_KS, is_held_out, question_key, tunable, tune_retrieval
+from vectorstore.tune import SIZES, TOP_KS, is_held_out, question_key, read_tune_rows, tunable, tune_retrieval
 
 N_DOCS = 6
 
@@ -27,6 +27,11 @@ def rows() -> list[tuple[str, list[str]]]:
         for p in (0, 3):
             out.append((f"Which {topic} record mentions {topic}{d * 7 + p + 2}?", [f"{topic}-{d}.md"]))
     return out
+
+
+def answered_rows() -> list[tuple[str, list[str], list[str]]]:
+    """rows() with their answers: the value each question names appears in its paragraph."""
+    return [(q, gold, [q.split("mentions ")[1].rstrip("?")]) for q, gold in rows()]
 
 
 def knowledge(corpus, embedder_dir, **extra) -> KnowledgeSpec:
@@ -94,3 +99,34 @@ def test_evaluation_leaves_the_held_out_half_out(corpus, tiny_embedder, tiny_emb
     kept, left_out = evaluation_half(items, retriever)
     assert left_out == sum(is_held_out(q) for q, _ in rows()) > 0
     assert [i.query for i in kept] == [q for q, _ in rows() if not is_held_out(q)]
+
+
+def test_the_grid_records_answer_recall(corpus, tiny_embedder, tiny_embedder_dir, tmp_path):
+    from components.metrics import contains_answer
+
+    tuned, record = tune_retrieval(knowledge(corpus, tiny_embedder_dir), answered_rows(), tiny_embedder, tmp_path / "c",
+                                   build_index=build_index)
+    held = [r for r in answered_rows() if is_held_out(r[0])]
+    assert record["rule"].startswith("max recall@k")
+    for g in record["grid"]:  # oracle: the answer string searched for in a plain build's top-k text
+        plain = knowledge(corpus, tiny_embedder_dir, chunking={"size": g["size"], "overlap": g["overlap"]}, top_k=g["k"])
+        folder = tmp_path / f"plain-{g['size']}-{g['k']}"
+        build_index(plain, folder, embedder=tiny_embedder, cache_dir=tmp_path / "c")
+        retriever = Retriever.open(folder, embedder=tiny_embedder)
+        found = [contains_answer(" ".join(h.text for h in retriever.search(q, g["k"])), answers) for q, _, answers in held]
+        assert g["answer_recall"] == sum(found) / len(found)
+    _, plain_record = tune_retrieval(knowledge(corpus, tiny_embedder_dir), rows(), tiny_embedder, tmp_path / "c", build_index=build_index)
+    assert record["chosen"] == plain_record["chosen"]  # recorded, not chosen by
+    assert all(g["answer_recall"] is None for g in plain_record["grid"])  # no answers, nothing to record
+
+
+def test_tune_rows_carry_the_answers(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "How long is it?", "answer": ["3 km", "3 kilometres"], "doc_ids": ["a.md"]},
+        {"question": "Who made it?", "answer": "not in the documents", "doc_ids": ["a.md"]},
+        {"question": "No gold?", "answer": "x"},
+        {"messages": [{"role": "user", "content": "When?"}], "answer": 1871, "doc_ids": ["b.md"]},
+    ]) + "\n")
+    assert read_tune_rows(path) == [("How long is it?", ["a.md"], ["3 km", "3 kilometres"]),
+                                    ("Who made it?", ["a.md"], ["not in the documents"]), ("When?", ["b.md"], ["1871"])]

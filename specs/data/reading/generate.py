@@ -11,6 +11,12 @@ retrieval at query time. None of it is about any example corpus (Veloria): it te
   (only distractors), or present but silent on what is asked (NEAR_MISSES); the answer is then
   `ABSTAIN_PHRASE`, exactly as the prompt template asks.
 
+- `reader-chunks.jsonl`: a trial set for the reader (not shipped; `bench/reader_loop.py --data`), written
+  from invented documents (worlds.py) cut into sentence-aligned chunks of about 100 embedder tokens and
+  put into the prompt as retrieval does (two to four chunks, the relevant one anywhere); answers are spans
+  copied from the chunk; a third of the rows decline: near misses (the subject's own chunks, silent on
+  what is asked) and missed chunks (the answer in none of the chunks given). Measured in docs/reading.md.
+
 Deterministic: `python specs/data/reading/generate.py`.
 """
 
@@ -18,9 +24,22 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from components.prompting import ABSTAIN_PHRASE, with_context
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worlds import GENERIC, KINDS, Kind  # noqa: E402
+
+from components.prompting import ABSTAIN_PHRASE, with_context  # noqa: E402
+
+# The chunked trial set (`reader-chunks.jsonl`; tried as the builtin reader's data on 2026-12-01, docs/reading.md)
+CHUNKED_ROWS = 96
+ABSTAIN_SHARE = 0.35  # of its rows, declined ...
+NEAR_MISS_SHARE = 0.6  # ... of which near misses; the rest miss the answer's chunk
+CONTEXT_SIZES = (2, 2, 3, 4)  # chunks per prompt (top_k)
+GENERIC_PER_DOCUMENT = 6  # look-alike sentences per document (worlds.GENERIC): ~160 words
+CHUNK_WORDS = 75  # about 100 embedder tokens (MiniLM: ~1.3 per word)
 
 PASSAGES = [
     ("Copper Creek Mill", "The Copper Creek Mill opened in 1871 and ground wheat for three valleys. It closed in 1952 after a flood destroyed its wheel.",
@@ -146,6 +165,94 @@ def build_reader(seed: int = 0) -> list[dict]:
     return rows
 
 
+def _capital(name: str) -> str:
+    return name[0].upper() + name[1:]
+
+
+@dataclass
+class Document:
+    title: str
+    chunks: list[str]  # sentence-aligned, about 100 embedder tokens each, consecutive ones overlapping
+    answered: list[tuple[str, str, str]]  # (question, answer, the sentence that states it)
+    unanswered: list[str]  # questions about this subject that the document does not answer
+
+
+def _chunks(sentences: list[str], words: int = CHUNK_WORDS) -> list[str]:
+    """Sentences packed into chunks of at most `words` words, each starting with the previous chunk's last
+    sentence (the index's chunker packs whole sentences up to 100 tokens with a 20-token overlap)."""
+    out, current = [], []
+    for sentence in sentences:
+        if current and len(" ".join(current + [sentence]).split()) > words:
+            out.append(" ".join(current))
+            current = [current[-1]] if len(current[-1].split()) < words // 4 else []
+        current.append(sentence)
+    return out + [" ".join(current)] if current else out
+
+
+def _document(kind: Kind, name: str, rng: random.Random) -> Document:
+    chosen = sorted(rng.sample(range(len(kind.facts)), rng.randint(len(kind.facts) - 3, len(kind.facts) - 1)))
+    sentences, answered = [], []
+    for i in chosen:
+        fact = kind.facts[i]
+        values = {slot: make(rng) for slot, make in fact.slots.items()}
+        sentence = fact.sentence.format(name=name, Name=_capital(name), **values)
+        sentences.append(sentence)
+        answered += [(_capital(q.format(name=name)), values[slot], sentence) for q, slot in fact.questions]
+    fillers = list(kind.filler) + [f.sentence.format(**{s: make(rng) for s, make in f.slots.items()})
+                                   for f in rng.sample(GENERIC, GENERIC_PER_DOCUMENT)]
+    for filler in fillers:
+        sentences.insert(rng.randint(1, len(sentences)), filler)
+    unanswered = [q.format(name=name) for i, f in enumerate(kind.facts) if i not in chosen for q, _ in f.questions]
+    unanswered += [q.format(name=name) for q in kind.absent]
+    return Document(_capital(name), _chunks(sentences), answered, [_capital(q) for q in unanswered])
+
+
+def documents(seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    return [_document(kind, name, rng) for kind in KINDS.values() for name in kind.names]
+
+
+def _context(rng: random.Random, docs: list[Document], doc: Document, keep, size: int) -> list[tuple[str, str]]:
+    """`size` chunks as retrieval returns them: those of `doc` that `keep` admits (first one always, then up to
+    two more), the rest from other documents; shuffled, so the relevant one lands anywhere."""
+    own = [c for c in doc.chunks if keep(c)]
+    first = rng.choice(own)
+    rest = [c for c in own if c != first]
+    picked = [(doc.title, first)] + [(doc.title, c) for c in rng.sample(rest, min(len(rest), rng.randint(0, 2), size - 1))]
+    others = [(d.title, c) for d in docs if d is not doc for c in d.chunks]
+    picked += rng.sample(others, size - len(picked))
+    rng.shuffle(picked)
+    return picked
+
+
+def build_chunked(seed: int = 0, rows: int = CHUNKED_ROWS) -> list[dict]:
+    """A trial reader set over invented documents (specs/data/reading/worlds.py), shaped like the
+    runtime prompt: two to four ~100-token chunks, the relevant one anywhere, answers copied from it.
+    ABSTAIN_SHARE of them decline: a near miss (the subject's own chunks, silent on what is asked) or a
+    missed chunk (the question's answer is in none of the chunks given)."""
+    rng = random.Random(seed)
+    docs = documents(seed)
+    out = []
+    for n in range(rows):
+        doc, size = rng.choice(docs), rng.choice(CONTEXT_SIZES)
+        share = n / rows
+        if share < ABSTAIN_SHARE * NEAR_MISS_SHARE:
+            question, answer = rng.choice(doc.unanswered), ABSTAIN_PHRASE
+            chunks = _context(rng, docs, doc, lambda c: True, size)
+        elif share < ABSTAIN_SHARE:
+            question, _, sentence = rng.choice(doc.answered)
+            if all(sentence in c for c in doc.chunks):
+                continue
+            chunks = _context(rng, docs, doc, lambda c, s=sentence: s not in c, size)
+            answer = ABSTAIN_PHRASE
+        else:
+            question, answer, sentence = rng.choice(doc.answered)
+            chunks = _context(rng, docs, doc, lambda c, s=sentence: s in c, size)
+        out.append(_example(question, chunks, answer))
+    rng.shuffle(out)
+    return out
+
+
 def build(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
@@ -164,6 +271,7 @@ def build(seed: int = 0) -> list[dict]:
 if __name__ == "__main__":
     here = Path(__file__).resolve()
     for out, rows in ((here.with_name("train.jsonl"), build()),
-                      (here.parents[3] / "components" / "resources" / "reader.jsonl", build_reader())):
+                      (here.parents[3] / "components" / "resources" / "reader.jsonl", build_reader()),
+                      (here.with_name("reader-chunks.jsonl"), build_chunked())):
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {out} ({len(rows)} rows)")
