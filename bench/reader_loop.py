@@ -54,11 +54,12 @@ def reader_for(spec, out: Path, data: Path | None, recipe: dict) -> tuple[Path, 
 
     if data is None and not recipe:
         from flows.keys import reader_key
-        from flows.pipeline import _run_stage, reader_into_store
+        from flows.pipeline import reader_adapter
+        from flows.stages import run_stage
 
         key = reader_key(spec)
         start = time.perf_counter()
-        done = _run_stage("reader", key, lambda: reader_into_store(spec, key))
+        done = run_stage("reader", key, reader_adapter.fn, spec, key)
         return done.path / "adapter", {"stage": str(done.path), "cached": done.cached,
                                        "minutes": round((time.perf_counter() - start) / 60, 1)}
     where = out / "reader"
