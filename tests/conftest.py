@@ -10,7 +10,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
+import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# A suite started in the background of a non-interactive shell (`make test &`, `nohup ... &`) inherits
+# SIGINT as *ignored*, and every child inherits that through exec: the Ctrl-C tests' `adaptflow run` would
+# then rightly ignore the Ctrl-C they send. Catching SIGINT here makes exec reset it to the default in the
+# children, as a terminal would give them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
