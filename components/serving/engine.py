@@ -15,6 +15,7 @@ request fails alone. Cancelled and timed-out rows leave the batch at the next st
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -43,6 +44,15 @@ class EngineSettings:
 
 SETTINGS = EngineSettings()
 _OBSERVERS: list[Callable[[int, int], None]] = []  # on_step(batch rows, tokens generated)
+_ENGINES: list[Engine] = []  # engines with a running thread, stopped at interpreter exit
+
+
+@atexit.register
+def _stop_engines() -> None:
+    """Stop every scheduler thread before the interpreter finalizes: a daemon thread still inside a torch
+    call while C++ statics are destroyed aborts the process ("terminate called without an active exception")."""
+    for engine in list(_ENGINES):
+        engine.shutdown()
 
 
 def configure(**changes) -> EngineSettings:
@@ -212,6 +222,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._admitted: list[Row] = []  # rows admitted in this loop, not yet in a group
         self._row_seconds = 1.0  # moving average of a row's time in the batch (Retry-After's estimate)
+        self._stopping = False
 
     # --- the callers' side --------------------------------------------------------------------
 
@@ -219,13 +230,27 @@ class Engine:
         with self._cv:
             if len(self._waiting) >= self.settings.max_queue:
                 raise QueueFull(len(self._waiting), self._retry_after())
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
             row.submitted = time.monotonic()
             self._waiting.append(row)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="adaptflow-engine")
                 self._thread.start()
+                _ENGINES.append(self)
             self._cv.notify()
         return row
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Fail what is waiting or in flight, let the thread finish its current step, and join it."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self in _ENGINES:
+            _ENGINES.remove(self)
 
     def queue_depth(self) -> int:
         return len(self._waiting)
@@ -240,16 +265,19 @@ class Engine:
     # --- the scheduler thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one batch
                 log.exception("engine step failed")
                 self._fail_all(exc)
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        self._fail_all(RuntimeError("the engine shut down"), waiting)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self, exc: Exception, also: list[Row] = ()) -> None:
         """An error outside any one row's forward pass (e.g. a cache that cannot merge): fail what is in flight."""
-        rows = self._admitted + [row for group in self._groups.values() for row in group.rows]
+        rows = list(also) + self._admitted + [row for group in self._groups.values() for row in group.rows]
         self._groups.clear()
         for row in rows:
             if not row.finished:
@@ -270,8 +298,10 @@ class Engine:
 
     def _admit(self) -> list[Row]:
         with self._cv:
-            while not self._waiting and not self._groups:
+            while not self._waiting and not self._groups and not self._stopping:
                 self._cv.wait()
+            if self._stopping:
+                return []
             if not self._groups and self.settings.window_ms > 0:  # idle: wait a few ms for company
                 until = self._waiting[0].submitted + self.settings.window_ms / 1000
                 while len(self._waiting) < self.settings.max_batch and (left := until - time.monotonic()) > 0:
