@@ -148,6 +148,17 @@ def winner_line(report: dict, metric: str) -> str:
     return f"**Winner on {metric} (the gated metric): {best}**{margin}."
 
 
+def probe_lines(evidence: dict | None) -> list[str]:
+    """`goal: auto`'s measured evidence (the manifest's `route_probe`) as a table under the route's reasons."""
+    if not evidence:
+        return []
+    strict, limits = evidence["strict_metric"], evidence.get("thresholds", {})
+    rows = [f"| {arm} | {m[strict]:.3f} | {m['contains_answer']:.3f} |" for arm, m in evidence["arms"].items()]
+    return ["", f"Probe: the base model on {evidence['items']} evaluation items (index when the documents add "
+            f">= {limits.get('margin')} contains-answer; adapter when {strict} with the best context is "
+            f"< {limits.get('format_ok')}):", "", f"| probe arm | {strict} | contains-answer |", "|---|---:|---:|", *rows]
+
+
 def publish_run_summary(spec, decision, version, gates, report, stages) -> None:
     create_table_artifact(arm_rows(report), key=f"eval-{spec.name}",
                           description=f"{table_title(report)} of {version.ref}")
@@ -160,7 +171,8 @@ def publish_run_summary(spec, decision, version, gates, report, stages) -> None:
                             for line in eval_md.splitlines())
     md = "\n".join([
         f"# {version.ref}", "", f"Registry: **{version.ref}** ({status}).", "",
-        f"## Route: {decision.label}", *[f"- {r}" for r in decision.reasons], "",
+        f"## Route: {decision.label}", *[f"- {r}" for r in decision.reasons],
+        *probe_lines(version.manifest.get("route_probe")), "",
         f"## Gates: {'passed' if gates.passed else 'FAILED — no alias moved'}", *(gate_lines or ["- none declared"]), "",
         "## Stages", *stage_lines, "", eval_md,
     ])

@@ -65,6 +65,12 @@ def test_auto_spec_probes_the_base_records_the_evidence_and_caches_the_probe(pre
     spec = TaskSpec.model_validate(version.manifest["spec"], context={"check_exists": False})
     expected = decide(spec, Evidence(evidence["items"], evidence["strict_metric"], evidence["arms"]))
     assert version.manifest["route"] == {"decision": expected.label, "reasons": expected.reasons}
+    from prefect.artifacts import Artifact
+
+    summary = Artifact.get(f"run-{spec.name}").data  # the UI's run summary shows the same numbers
+    assert "| probe arm | " in summary
+    for arm, numbers in evidence["arms"].items():
+        assert f"| {arm} | {numbers[evidence['strict_metric']]:.3f} | {numbers['contains_answer']:.3f} |" in summary
     probes = list((isolated / "stages" / "probe").glob("*/probe.json"))
     assert len(probes) == 1 and json.loads(probes[0].read_text()) == evidence
     stamp = probes[0].stat().st_mtime_ns
