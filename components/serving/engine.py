@@ -249,6 +249,11 @@ class Engine:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the engine thread did not stop within %.0f s", timeout)
+                return
+        with self._cv:  # stopped: a later submit starts a fresh thread
+            self._thread, self._stopping = None, False
         if self in _ENGINES:
             _ENGINES.remove(self)
 

@@ -170,3 +170,25 @@ def test_many_threads_submitting_at_once(systems):
     [t.start() for t in threads]
     [t.join(timeout=120) for t in threads]
     assert not errors and len(got) == 24 and all(answer == expected[key] for key, answer in got)
+
+
+def test_shutdown_fails_rows_in_flight_joins_the_thread_and_a_later_submit_restarts_it(systems):
+    """At interpreter exit every engine is shut down (atexit): a daemon thread left inside a torch call while
+    the interpreter finalizes aborted the process ("terminate called without an active exception")."""
+    from components.serving import engine
+
+    system = systems["lora-a"]
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    system.submit(chat(system, QUESTIONS[0]), SamplingParams(200), events.put, index=0)
+    kind, *_ = events.get(timeout=120)
+    assert kind == "delta"  # decoding has started
+    running = [e for e in engine._ENGINES if e._thread is not None]
+    assert running
+    for e in running:
+        thread = e._thread
+        e.shutdown()
+        assert not thread.is_alive()
+    while (event := events.get(timeout=60))[0] == "delta":
+        pass
+    assert event[0] == "error" and "shut down" in str(event[2])
+    assert system.query(QUESTIONS[0]).answer  # a later request starts the thread again
