@@ -1,5 +1,6 @@
 """ddp_equivalence: max abs difference between the adapters of 2-process and 1-process training (fp32), and
-the 2-process / 1-process wall-time ratio.
+the 2-process / 1-process wall-time ratio; fsdp_equivalence: the same for 2 processes under FSDP2 (an accelerate
+config with distributed_type FSDP, fsdp_version 2, layers wrapped one by one; gloo on CPU).
 
     .venv/bin/python -m bench.ddp                                   # the tiny random Llama, 2 learning rates
     ADAPTFLOW_BENCH_DDP_MODEL=builtin ADAPTFLOW_BENCH_DDP_STEPS=4 .venv/bin/python -m bench.ddp
@@ -56,10 +57,24 @@ def _model_dir(tmp: Path, which: str) -> tuple[str, str]:
     return str(folder), "random Llama, 4 layers, hidden 256 (built in this run)"
 
 
-def _spec(model_id: str, data: Path, lr: float, steps: int, processes: int | None):
+def _fsdp_config(tmp: Path) -> Path:
+    import yaml
+
+    from components.distributed import _free_port
+
+    path = tmp / "fsdp.yaml"
+    path.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "no",
+        "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "fsdp_reshard_after_forward": True},
+        "machine_rank": 0, "num_machines": 1, "num_processes": 2, "main_process_port": _free_port(), "use_cpu": False}))
+    return path
+
+
+def _spec(model_id: str, data: Path, lr: float, steps: int, processes: int | None, config: Path | None = None):
     from components.spec import TaskSpec
 
-    dist = {"distributed": {"processes": processes}} if processes else {}
+    dist = {"distributed": {"processes": processes, "config": str(config) if config else None}} if processes else {}
     return TaskSpec.model_validate({
         "name": "bench-ddp", "goal": "behavior", "base_model": {"id": model_id, "allow_outside_workspace": True},
         "behavior": {"data": {"train": str(data), "eval": str(data)},
@@ -110,7 +125,15 @@ def run() -> dict:
         for lr in LRS:
             one, one_wall = _one_process(_spec(model_id, data, lr, steps, None), tmp / f"one-{lr}")
             two, two_wall = _two_processes(_spec(model_id, data, lr, steps, 2), tmp / f"two-{lr}")
+            fsdp, fsdp_wall = _two_processes(_spec(model_id, data, lr, steps, 2, _fsdp_config(tmp)), tmp / f"fsdp-{lr}")
             tag = f"lr_{lr:g}"
+            out[f"fsdp_max_abs_diff_{tag}"] = _max_diff(tmp / f"one-{lr}", tmp / f"fsdp-{lr}")
+            out[f"fsdp_max_loss_diff_{tag}"] = max(abs(a[1] - b[1]) for a, b in
+                                                   zip(one["loss_curve"], fsdp["loss_curve"], strict=True))
+            out[f"fsdp_rank0_parameter_share_{tag}"] = round(fsdp["sharding"]["rank0_parameters"]
+                                                             / fsdp["sharding"]["parameters"], 3)
+            out[f"fsdp_train_seconds_2proc_{tag}"] = round(fsdp["train_seconds"], 2)
+            out[f"fsdp_wall_seconds_2proc_{tag}"] = round(fsdp_wall, 2)
             out[f"ddp_max_abs_diff_{tag}"] = _max_diff(tmp / f"one-{lr}", tmp / f"two-{lr}")
             out[f"ddp_max_loss_diff_{tag}"] = max(abs(a[1] - b[1]) for a, b in
                                                   zip(one["loss_curve"], two["loss_curve"], strict=True))
@@ -119,11 +142,13 @@ def run() -> dict:
             out[f"ddp_wall_seconds_1proc_{tag}"] = round(one_wall, 2)
             out[f"ddp_wall_seconds_2proc_{tag}"] = round(two_wall, 2)
     out["ddp_equivalence"] = out[f"ddp_max_abs_diff_lr_{LRS[0]:g}"]  # the spec's default learning rate
+    out["fsdp_equivalence"] = out[f"fsdp_max_abs_diff_lr_{LRS[0]:g}"]
     tag = f"lr_{LRS[0]:g}"
     out["ddp_train_speedup_2v1"] = round(out[f"ddp_train_seconds_1proc_{tag}"] / out[f"ddp_train_seconds_2proc_{tag}"], 3)
     out["ddp_wall_speedup_2v1"] = round(out[f"ddp_wall_seconds_1proc_{tag}"] / out[f"ddp_wall_seconds_2proc_{tag}"], 3)
     out["setup"] = (f"{described}; {steps} steps, global batch 8 (2 x 4 per process), LoRA r 8 q,v, fp32; 1 process "
-                    f"x 1 thread vs 2 processes x 1 thread (gloo) on {os.cpu_count()} cores; "
+                    f"x 1 thread vs 2 processes x 1 thread (gloo; DDP, and FSDP2 through an accelerate config) on "
+                    f"{os.cpu_count()} cores; "
                     f"load average {os.getloadavg()[0]:.1f} at the end")
     return out
 

@@ -22,6 +22,7 @@ import json
 import math
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,8 +44,8 @@ def _write_json(path: Path, data: dict) -> None:
 # --- optimizer / scheduler / RNG <-> tensors + JSON ------------------------------------------
 
 
-def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
+def _optimizer_split(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()  # a dict: gathered (components.sharding)
     tensors, scalars = {}, {}
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
@@ -233,8 +234,10 @@ def previous_divergence(root: Path) -> str | None:
     )
 
 
-def load_checkpoint(folder: Path, *, params: dict[str, torch.Tensor], optimizer, scheduler) -> tuple[dict, dict, dict]:
-    """Restore tensors, optimizer, scheduler and RNG in place; return (trainer_state, method tensors, method meta)."""
+def load_checkpoint(folder: Path, *, params: dict[str, torch.Tensor], optimizer, scheduler,
+                    restore: Callable[[dict, dict], None] | None = None) -> tuple[dict, dict, dict]:
+    """Restore tensors, optimizer, scheduler and RNG in place; return (trainer_state, method tensors, method meta).
+    `restore(tensors, optimizer_state)` replaces the in-place copy (sharded parameters: components.sharding)."""
     saved = load_file(folder / "trainable.safetensors")
     if set(saved) != set(params):
         missing = sorted(set(params) ^ set(saved))[:3]
@@ -242,11 +245,15 @@ def load_checkpoint(folder: Path, *, params: dict[str, torch.Tensor], optimizer,
             f"{folder}: the checkpoint's trainable tensors do not match this model/method (e.g. {missing}); "
             "it was written by a different spec: delete the checkpoints folder or restore that spec"
         )
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(saved[name])
     opt_meta = json.loads((folder / "optimizer.json").read_text())
-    optimizer.load_state_dict(_optimizer_join(load_file(folder / "optimizer.safetensors"), opt_meta))
+    optim = _optimizer_join(load_file(folder / "optimizer.safetensors"), opt_meta)
+    if restore is not None:
+        restore(saved, optim)
+    else:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name])
+        optimizer.load_state_dict(optim)
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     trainer_state = json.loads((folder / "trainer_state.json").read_text())
     _restore_rng(load_file(folder / "rng.safetensors"), trainer_state.pop("python_rng"))

@@ -10,7 +10,9 @@ Inside the loop (components.train) a `Ranks` (components.ranks) says who this pr
 are the single-process ones, split by rank (`shard`); the loss is divided by the answer-token count summed
 over all ranks, and the gradients are summed over ranks once per step (`sum_grads`), so every rank holds the
 gradient one process would compute and takes the same optimizer step. Only rank 0 writes checkpoints, the
-adapter and the record; the others wait at a barrier.
+adapter and the record; the others wait at a barrier. An accelerate config asking for FSDP is honoured by
+accelerate itself: the rank builds its Accelerator from the launch's environment and the loop shards the model
+through `accelerator.prepare` (components.sharding).
 
 No rank outlives its parent: the launcher and each rank ask Linux for a signal when their parent dies
 (PR_SET_PDEATHSIG), so a SIGKILLed flow process leaves no trainer behind.
@@ -206,18 +208,16 @@ def launcher_main(args: list[str]) -> None:
 def rank_main(job_file: str) -> None:
     """One rank: join the process group, load the spec's model and data, run the training loop."""
     die_with_parent(signal.SIGKILL)
-    from accelerate import DistributedType, PartialState
+    from accelerate import PartialState
+
+    from components import sharding
 
     state = PartialState(cpu=not torch.cuda.is_available())
     job = json.loads(Path(job_file).read_text())
     out_dir = Path(job["out_dir"])
     try:
-        if state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-            raise ValueError(
-                f"the accelerate config asks for {state.distributed_type.value}, which is not built: adaptflow's loop "
-                "syncs gradients itself (DDP) and does not shard model states; use a config with distributed_type "
-                "MULTI_GPU or MULTI_CPU (docs/scale.md)")
-        _train_rank(job, out_dir, state)
+        accelerator = sharding.accelerator_from_launch()  # FSDP from the accelerate config; None: DDP
+        _train_rank(job, out_dir, state, accelerator)
     except BaseException as exc:
         if state.is_main_process:
             _record_error(exc, out_dir)
@@ -227,7 +227,7 @@ def rank_main(job_file: str) -> None:
             torch.distributed.destroy_process_group()
 
 
-def _train_rank(job: dict, out_dir: Path, state) -> None:
+def _train_rank(job: dict, out_dir: Path, state, accelerator) -> None:
     from components.models import load_model, load_tokenizer, resolve_model
     from components.spec import TaskSpec
     from components.train import prepare_data, train
@@ -241,7 +241,12 @@ def _train_rank(job: dict, out_dir: Path, state) -> None:
         tokenizer = load_tokenizer(spec.base_model, resolved)
         model = load_model(spec.base_model, resolved, device=device, precision=spec.behavior.training.precision)
     data = prepare_data(spec.behavior, tokenizer)
-    train(model, tokenizer, spec.behavior, out_dir, data=data, progress=_print_progress if state.is_main_process else None)
+
+    def load_base():  # rank 0 checks generation on a fresh base plus the saved adapter (FSDP)
+        return load_model(spec.base_model, resolved, device=device, precision=spec.behavior.training.precision)
+
+    train(model, tokenizer, spec.behavior, out_dir, data=data, progress=_print_progress if state.is_main_process else None,
+          accelerator=accelerator, load_base=load_base)
 
 
 def _print_progress(step: int, total: int, metrics: dict) -> None:

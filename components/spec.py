@@ -516,8 +516,8 @@ class DistributedSpec(Strict):
         "loop: gloo on CPU, NCCL on GPUs (one GPU per process); the global batch stays batch_size x grad_accum"
     )
     config: SpecPath | None = Field(
-        None, description="an accelerate config file (`accelerate config`): machines, ranks, main process address; "
-        "passed to `accelerate launch --config_file` as is (docs/scale.md)"
+        None, description="an accelerate config file (`accelerate config`): machines, ranks, main process address, "
+        "distributed_type MULTI_GPU (DDP) or FSDP; passed to `accelerate launch --config_file` as is (docs/scale.md)"
     )
 
 
@@ -579,6 +579,15 @@ class BehaviorSpec(Strict):
                 "travels as the KV cache that checkpointed layers drop; set `gradient_checkpointing: false` (or auto), "
                 "or use prompt_tuning / p_tuning, which checkpoint"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _accelerate_config_runs(self) -> BehaviorSpec:
+        from components.accelerate_config import problem
+
+        dist = self.training.distributed
+        if dist is not None and (why := problem(dist.config, self.adapter.method)):
+            raise ValueError(why)
         return self
 
 

@@ -18,11 +18,14 @@ killed run finishes with the same adapter as an uninterrupted one.
 On several processes (`training.distributed`, launched by components.distributed) the same loop runs on
 every rank: each takes its share of every micro-batch, the loss is divided by the step's answer tokens
 summed over all ranks and the gradients are summed over ranks, so the step equals one process's; only
-rank 0 evaluates and writes checkpoints, the adapter and the record.
+rank 0 evaluates and writes checkpoints, the adapter and the record. Under FSDP (an accelerate config with
+`distributed_type: FSDP`) the model and optimizer go through `accelerator.prepare`, FSDP averages the gradients in
+`backward`, every rank evaluates, and checkpoints and the adapter are gathered to rank 0 (components.sharding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -37,8 +40,9 @@ import torch.nn.functional as F
 from peft import PeftMixedModel, PeftModel
 from tqdm.auto import tqdm
 
-from components import adapter_io, checkpoint, memory, methods
-from components.batching import Batch, eval_batches, micro_batches
+from components import adapter_io, checkpoint, memory, methods, sharding
+from components.accelerate_config import FSDP_METHODS
+from components.batching import Batch, collate, eval_batches, micro_batches
 from components.data import (
     IGNORE_INDEX,
     DataError,
@@ -114,6 +118,7 @@ class TrainRecord:
     gradient_checkpointing: dict = field(default_factory=dict)  # requested, enabled, why, memory estimate
     peak_device_memory_mb: float | None = None  # torch.cuda.max_memory_allocated on a GPU
     processes: int = 1  # training processes (components.distributed); the global batch is the same
+    sharding: dict = field(default_factory=dict)  # FSDP (components.sharding): version, rank 0's share of the weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -291,16 +296,21 @@ def _dir_bytes(folder: Path) -> int:
 
 def train(
     model, tokenizer, behavior: BehaviorSpec, out_dir: Path, *, progress: Progress | None = None,
-    data: PreparedData | None = None,
+    data: PreparedData | None = None, accelerator=None, load_base: Callable[[], object] | None = None,
 ) -> TrainRecord:
     """Apply `behavior.adapter` to `model` (as `load_model` returns it, in `training.precision`), train, save,
-    check. A failed generation check raises GenerationCheckError after the adapter and record are saved."""
+    check. A failed generation check raises GenerationCheckError after the adapter and record are saved.
+    With an FSDP `accelerator` (components.sharding) the model is sharded after the method is applied, and rank 0
+    checks generation on `load_base()` plus the saved adapter, loaded the vanilla peft way."""
     started, spec, out_dir = time.time(), behavior.training, Path(out_dir)
     ranks = current_ranks()  # one process, or this rank of `accelerate launch` (components.distributed)
     if spec.batch_size % ranks.world:
         raise ValueError(f"training.batch_size ({spec.batch_size}) does not split over {ranks.world} processes; "
                          f"set it to a multiple of {ranks.world}")
     precision = resolve_precision(spec.precision, _device(model).type)
+    sharded = accelerator is not None
+    if sharded:
+        _check_shardable(behavior, model, precision, load_base)
     data = data or prepare_data(behavior, tokenizer)
     per_epoch, total = plan_steps(len(data.train), spec)
     packed = spec.packing and not soft_prompt(behavior.adapter)  # soft prompts are per row
@@ -325,6 +335,9 @@ def train(
         methods.enable_gradient_checkpointing(model)
     scaler = torch.amp.GradScaler(precision.device, enabled=precision.grad_scaler)
     optimizer = torch.optim.AdamW(list(named.values()), lr=spec.lr, weight_decay=spec.weight_decay)
+    if sharded:  # accelerate shards the model and the optimizer state as the launch's config says
+        model, optimizer = sharding.prepare(accelerator, model, optimizer)
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, spec))
     state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "train_seconds": 0.0, "loss_curve": [], "eval_history": []}
     ckpt_dir = out_dir / "checkpoints"
@@ -333,7 +346,9 @@ def train(
     last = checkpoint.latest_checkpoint(ckpt_dir)
     resumed_from = None
     if last is not None:
-        state, method_tensors, method_meta = checkpoint.load_checkpoint(last, params=named, optimizer=optimizer, scheduler=scheduler)
+        restore = (lambda tensors, optim: sharding.restore(model, optimizer, list(named), tensors, optim)) if sharded else None
+        state, method_tensors, method_meta = checkpoint.load_checkpoint(last, params=named, optimizer=optimizer,
+                                                                        scheduler=scheduler, restore=restore)
         methods.load_method_state(model, method_tensors, method_meta)
         resumed_from = state["step"]
         print(f"[adaptflow] resuming from {last} (step {resumed_from}/{total})", flush=True)
@@ -354,28 +369,25 @@ def train(
         batches = [next(stream) for _ in range(spec.grad_accum)]
         # divide by the answer tokens of the whole step on all ranks: summed over ranks, the gradient is one process's
         n_targets = ranks.sum(sum(b.n_targets for _, _, b in batches if b is not None))[0]
-        step_loss = 0.0
-        for _, _, batch in batches:
-            loss = batch_loss(model, batch, precision) / max(1, n_targets) if batch is not None else None
-            extra = methods.extra_loss(model)
-            if extra is not None:
-                extra = extra / (spec.grad_accum * ranks.world)
-                loss = extra if loss is None else loss + extra
-            if loss is None:  # this rank's share of the micro-batch is empty
-                continue
-            if ranks.world == 1 and not torch.isfinite(loss):
-                _diverged(state, out_dir, last, f"training loss is {loss.item()}", spec)
-            scaler.scale(loss).backward()
-            step_loss += loss.item()
+        if sharded:  # FSDP syncs in backward: every rank runs every micro-batch, the last one syncing
+            step_loss = _sharded_backward_passes(accelerator, model, batches, n_targets, ranks.world, precision, data,
+                                               packed, pad_id, spec)
+        else:
+            step_loss = _backward_passes(model, batches, n_targets, ranks.world, precision, scaler, spec,
+                                       lambda what, last=last: _diverged(state, out_dir, last, what, spec))
         tokens = sum(b.n_tokens for _, _, b in batches if b is not None)
         if ranks.world > 1:
             step_loss, tokens = ranks.sum(step_loss, tokens)
             tokens = int(tokens)
             if not math.isfinite(step_loss):  # every rank sees the same sum, so all stop together
                 _diverged(state, out_dir, last, f"training loss is {step_loss}", spec, write=ranks.is_main)
-            ranks.sum_grads(list(named.values()))
+            if not sharded:
+                ranks.sum_grads(list(named.values()))
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
+        if sharded:
+            grad_norm = sharding.grad_norm(accelerator, list(named.values()), spec.max_grad_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips the step, backs off
             _diverged(state, out_dir, last, f"gradient norm is {grad_norm.item()}", spec, write=ranks.is_main)
         scaler.step(optimizer)
@@ -391,12 +403,17 @@ def train(
         state["train_seconds"] += time.time() - step_start
         state["loss_curve"].append([state["step"], step_loss])
         step = state["step"]
-        if data.eval is not None and ranks.is_main and (step % eval_every == 0 or step == total):
+        if data.eval is not None and (ranks.is_main or sharded) and (step % eval_every == 0 or step == total):
+            # sharded: every rank runs the forward passes (FSDP gathers parameters in them) and gets the same loss
             state["eval_history"].append([step, evaluate_loss(model, data.eval, spec, packed, pad_id, precision)])
-            bar.write(f"[adaptflow] step {step}/{total}: train loss {step_loss:.4f}, eval loss {state['eval_history'][-1][1]:.4f}")
+            if ranks.is_main:
+                bar.write(f"[adaptflow] step {step}/{total}: train loss {step_loss:.4f}, "
+                          f"eval loss {state['eval_history'][-1][1]:.4f}")
+        full = sharding.gather(model, optimizer, list(named)) if sharded and (step % ckpt_every == 0 or step == total) else None
         if (step % ckpt_every == 0 or step == total) and ranks.is_main:  # the ranks hold the same state
             method_tensors, method_meta = methods.method_state(model)
-            last = checkpoint.save_checkpoint(ckpt_dir, step, params=named, optimizer=optimizer, scheduler=scheduler,
+            params, optim = full if full is not None else (named, optimizer)
+            last = checkpoint.save_checkpoint(ckpt_dir, step, params=params, optimizer=optim, scheduler=scheduler,
                                               trainer_state=state, method_tensors=method_tensors, method_meta=method_meta)
             atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
         if step % ckpt_every == 0 or step == total:
@@ -413,10 +430,11 @@ def train(
 
     # save, then check: a failed check keeps the adapter and says what was compared
     adapter_dir = out_dir / "adapter"
+    gathered = sharding.trainable_state(model, list(named)) if sharded else None  # a collective: every rank
     if ranks.is_main:
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        adapter_io.save_adapter(model, behavior.adapter, tmp)
+        adapter_io.save_adapter(model, behavior.adapter, tmp, state_dict=gathered)
         fsync_tree(tmp)
         rename_into_place(tmp, adapter_dir)  # the folder stays vanilla peft: no marker in it
     ranks.barrier()  # the other ranks wait for rank 0's adapter
@@ -434,13 +452,15 @@ def train(
         generation={"passed": None, "pending": "the generation check runs after the adapter is saved"},
         precision=precision.to_dict(), gradient_checkpointing=checkpointing,
         peak_device_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if precision.device.startswith("cuda") else None,
-        processes=ranks.world,
+        processes=ranks.world, sharding=sharding.describe(accelerator, model) if sharded else {},
     )
     if not ranks.is_main:  # rank 0 writes the record and checks generation
         return record
     atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
     atomic_write_json(out_dir / "train_record.json", record.to_dict())
-    if checkpointing["enabled"]:
+    if sharded:  # the sharded model generates only with every rank; check the saved adapter on a fresh base
+        model = PeftModel.from_pretrained(load_base(), adapter_dir)
+    elif checkpointing["enabled"]:
         methods.disable_gradient_checkpointing(model)
     try:
         record.generation = generation_check(model, model, tokenizer, prompts, base_outputs=base_outputs,
@@ -451,6 +471,61 @@ def train(
     finally:
         atomic_write_json(out_dir / "train_record.json", record.to_dict())
     return record
+
+
+def _check_shardable(behavior: BehaviorSpec, model, precision: Precision, load_base) -> None:
+    """What the FSDP path runs (validate checks the config; this checks the model it got)."""
+    if behavior.adapter.method not in FSDP_METHODS:
+        raise ValueError(f"adapter.method {behavior.adapter.method} is not built under FSDP (built: "
+                         f"{', '.join(FSDP_METHODS)}); use a config with distributed_type MULTI_GPU")
+    if methods.is_quantized(model):
+        raise ValueError("a 4/8-bit base (base_model.quantization) under FSDP is not built: bitsandbytes' packed weights "
+                         "do not shard; drop the quantization or use distributed_type MULTI_GPU")
+    if precision.grad_scaler:
+        raise ValueError("fp16 training under FSDP is not built (the loss scaler does not unscale sharded gradients); "
+                         "set training.precision to bf16 or fp32")
+    if load_base is None:
+        raise ValueError("train(accelerator=...) needs load_base (a fresh base for the generation check)")
+
+
+def _backward_passes(model, batches: list, n_targets: float, world: int, precision: Precision, scaler, spec: TrainingSpec,
+                   diverged: Callable[[str], None]) -> float:
+    """One optimizer step's forward and backward passes (one process, or a DDP rank, which syncs after them);
+    returns this rank's share of the step's loss."""
+    total = 0.0
+    for _, _, batch in batches:
+        loss = batch_loss(model, batch, precision) / max(1, n_targets) if batch is not None else None
+        extra = methods.extra_loss(model)
+        if extra is not None:
+            extra = extra / (spec.grad_accum * world)
+            loss = extra if loss is None else loss + extra
+        if loss is None:  # this rank's share of the micro-batch is empty
+            continue
+        if world == 1 and not torch.isfinite(loss):
+            diverged(f"training loss is {loss.item()}")
+        scaler.scale(loss).backward()
+        total += loss.item()
+    return total
+
+
+def _sharded_backward_passes(accelerator, model, batches: list, n_targets: float, world: int, precision: Precision,
+                           data: PreparedData, packed: bool, pad_id: int, spec: TrainingSpec) -> float:
+    """One optimizer step's forward and backward passes under FSDP; returns this rank's share of the step's loss.
+    FSDP averages gradients over ranks, so each rank's loss (divided by the step's answer tokens on all ranks) is
+    multiplied by `world`: the average is then the one-process sum. A rank whose share of a micro-batch is empty
+    still runs one (its first training example, weighted 0), since FSDP's gathers and reduce-scatters need every rank."""
+    total = 0.0
+    for i, (_, _, batch) in enumerate(batches):
+        empty = batch is None
+        if empty:
+            batch = collate([data.train.examples[0]], pad_id, spec.max_seq_len, packed)
+        sync = i == len(batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            loss = batch_loss(model, batch, precision) / max(1, n_targets)
+            accelerator.backward(loss * (0.0 if empty else float(world)))
+        if not empty:
+            total += loss.item()
+    return total
 
 
 def _checkpointing(model, behavior: BehaviorSpec, data: PreparedData, precision: Precision, trainable: int) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "vectorstore", "adaptflow", "flows")
 FLOOR = ("components.spec", "components.specload", "components.remote_code", "components.fileio",
-         "components.evalset")
+         "components.evalset", "components.accelerate_config")
 
 @dataclass(frozen=True)
 class Edge:
