@@ -86,9 +86,15 @@ def kind(path: Path) -> str:
     return dtype
 
 
+def check(path: Path | None) -> None:
+    """Raise ValueError (naming the file, the field and the fix) when the loop cannot run this config."""
+    if path is not None and Path(path).exists():  # a missing path is reported by the path check itself
+        kind(path)
+
+
 def problem(path: Path | None, method: str) -> str | None:
     """Why this config cannot train `method` (a message naming the file, the field and the fix), or None."""
-    if path is None or not Path(path).exists():  # a missing path is reported by the path check itself
+    if path is None or not Path(path).exists():
         return None
     try:
         dtype = kind(path)

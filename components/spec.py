@@ -520,6 +520,13 @@ class DistributedSpec(Strict):
         "distributed_type MULTI_GPU (DDP) or FSDP; passed to `accelerate launch --config_file` as is (docs/scale.md)"
     )
 
+    @model_validator(mode="after")
+    def _config_runs(self) -> DistributedSpec:
+        from components.accelerate_config import check
+
+        check(self.config)
+        return self
+
 
 class TrainingSpec(Strict):
     epochs: float = Field(2, gt=0, le=10_000)

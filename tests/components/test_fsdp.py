@@ -261,3 +261,19 @@ def test_configs_the_loop_runs_pass(tmp_path, tiny_llama_dir, data_file):
         assert accelerate_config.problem(path, "lora") is None
         task(tiny_llama_dir, data_file, path)  # validates
     assert accelerate_config.problem(path, "ia3") is not None  # FSDP: lora only
+
+
+def test_validate_names_the_spec_line_the_key_and_the_config_file(tmp_path, monkeypatch):
+    from components.specload import SpecError, load_spec
+
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n')
+    (tmp_path / "ds.yaml").write_text("distributed_type: DEEPSPEED\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: t\ngoal: behavior\nbehavior:\n  data: {train: train.jsonl}\n"
+        "  training: {batch_size: 8, distributed: {processes: 2, config: ds.yaml}}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "s.yaml", workspace=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 's.yaml'} line 5: behavior.training.distributed: "
+                              f"training.distributed.config {tmp_path / 'ds.yaml'}: distributed_type is DEEPSPEED"), message
