@@ -9,7 +9,8 @@ rather than minutes later in a rank:
                                 shards the model: components.sharding); DEEPSPEED and the rest are refused
     use_cpu                     must not be true with FSDP / MULTI_GPU (accelerate would start one process, no torchrun)
     mixed_precision             no | bf16 with FSDP (the loop's fp16 GradScaler does not unscale sharded gradients)
-    fsdp_config.fsdp_version    1 or 2 (2 on a machine without GPUs: FSDP1's full-state gather crashes on gloo)
+    fsdp_config.fsdp_version    1 or 2
+    fsdp_config.fsdp_use_orig_params   not false with FSDP1 (a peft model mixes frozen and trainable weights in one unit)
     fsdp_config.fsdp_activation_checkpointing   refused: use training.gradient_checkpointing (one switch, not two)
 
 Everything else (fsdp_auto_wrap_policy, fsdp_transformer_layer_cls_to_wrap, fsdp_reshard_after_forward,
@@ -76,6 +77,10 @@ def kind(path: Path) -> str:
         version = fsdp.get("fsdp_version", 1)
         if version not in (1, 2):
             raise ValueError(f"{where}: fsdp_config.fsdp_version is {version!r}; set it to 2 (or 1)")
+        if version == 1 and fsdp.get("fsdp_use_orig_params") in (False, "false", "False"):
+            raise ValueError(f"{where}: fsdp_config.fsdp_use_orig_params is false with fsdp_version 1: FSDP1 then "
+                             "flattens the frozen base and the trainable adapter of a layer into one parameter, which "
+                             "it refuses; set fsdp_use_orig_params: true (or use fsdp_version: 2)")
         precision = str(data.get("mixed_precision", "no")).lower()
         if precision not in ("no", "bf16"):
             raise ValueError(f"{where}: mixed_precision is {precision} with FSDP; the loop's fp16 loss scaler does not "

@@ -37,10 +37,9 @@ def _sort_set_fields(path: Path, config: PeftConfig) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def save_adapter(model, adapter: AdapterSpec, out_dir: Path, state_dict: dict | None = None) -> Path:
+def save_adapter(model, adapter: AdapterSpec, out_dir: Path) -> Path:
     """peft methods: `save_pretrained` (adapter_config.json + adapter_model.safetensors).
-    selective/full: the trained tensors as safetensors, plus the method JSON. `state_dict`: the trainable tensors
-    gathered from a sharded (FSDP) model, whose own are shards (peft methods only)."""
+    selective/full: the trained tensors as safetensors, plus the method JSON."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(adapter, HybridSpec):
@@ -48,7 +47,7 @@ def save_adapter(model, adapter: AdapterSpec, out_dir: Path, state_dict: dict | 
         _write_method_file(out_dir, adapter, {"format": "hybrid"})
         return out_dir
     if isinstance(model, PeftModel):
-        model.save_pretrained(out_dir, state_dict=state_dict)
+        model.save_pretrained(out_dir)
         _sort_set_fields(out_dir / "adapter_config.json", model.peft_config[model.active_adapter])
         _write_method_file(out_dir, adapter, {"format": "peft"})
         return out_dir

@@ -15,8 +15,11 @@ cpu_ram_efficient_loading). Nothing of FSDP is re-implemented here; what is adde
   resumes on any number of processes, sharded or not; `restore` scatters one back with `set_state_dict`.
 
 accelerate (1.15) selects FSDP only with an accelerator device: on a machine without GPUs its state says MULTI_CPU
-whatever the config asks. torch's FSDP2 (`fully_shard`) runs on gloo, so there the Accelerator is told FSDP
-itself (fsdp_version 2 only: FSDP1's full-state gather died with SIGSEGV on gloo in torch 2.13).
+whatever the config asks. torch's FSDP (FSDP2 `fully_shard`, and FSDP1) runs on gloo, so there the Accelerator is told
+FSDP itself (and, for FSDP1, the device "cpu" rather than "cpu:<rank>", which FSDP1 compares with the parameters').
+On CPU the state is gathered onto every rank (`cpu_offload=False`): FSDP1's rank-0-only gather (`cpu_offload=True`)
+died with SIGSEGV on rank 0 and a KeyError on rank 1 on gloo (torch 2.13.0+cpu). FSDP1 names parameters
+`_fsdp_wrapped_module.<name>`; the loop uses the clean names torch's state-dict API uses.
 """
 
 from __future__ import annotations
@@ -43,13 +46,17 @@ def accelerator_from_launch():
 
     if torch.cuda.is_available():
         return Accelerator()
-    plugin = FullyShardedDataParallelPlugin()  # from the launch's FSDP_* environment
-    if plugin.fsdp_version != 2:
-        raise ValueError(f"fsdp_config.fsdp_version is {plugin.fsdp_version} on a machine without GPUs: FSDP1's full "
-                         "state-dict gather crashes (SIGSEGV) on gloo; set fsdp_version: 2 in the accelerate config")
+    try:
+        plugin = FullyShardedDataParallelPlugin()  # from the launch's FSDP_* environment
+    except RuntimeError as exc:  # FSDP1's sync_module_states initialises on an accelerator device
+        raise ValueError(f"FSDP1 on a machine without GPUs: accelerate says '{exc}' (fsdp_sync_module_states needs a "
+                         "device); set fsdp_sync_module_states: false and fsdp_cpu_ram_efficient_loading: false in the "
+                         "accelerate config, or use fsdp_version: 2") from None
     accelerator = Accelerator(cpu=True)
     accelerator.state.distributed_type = DistributedType.FSDP  # see the module docstring
     accelerator.state.fsdp_plugin = plugin
+    if plugin.fsdp_version == 1:  # FSDP1 wants its device_id to equal the parameters' device: "cpu", not "cpu:<rank>"
+        accelerator.state.device = torch.device("cpu")
     return accelerator
 
 
@@ -59,9 +66,26 @@ def prepare(accelerator, model, optimizer):
     return model, getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper adds nothing without a scaler
 
 
-def _options(**extra):
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name without FSDP1's (and activation checkpointing's, torch.compile's) wrapper segments."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters of the sharded model by their clean names (as one process names them)."""
+    return {clean_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _options(model=None, **extra):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
+    if model is not None:  # rank 0 only, offloaded, on GPUs; on CPU every rank gathers (see the module docstring)
+        extra["cpu_offload"] = any(p.is_cuda for p in model.parameters())
     return StateDictOptions(full_state_dict=True, **extra)
 
 
@@ -70,7 +94,7 @@ def gather(model, optimizer, names: list[str]) -> tuple[dict[str, torch.Tensor],
     on rank 0; empty elsewhere. A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    msd, osd = get_state_dict(model, optimizer, options=_options(cpu_offload=True, ignore_frozen_params=True))
+    msd, osd = get_state_dict(model, optimizer, options=_options(model, ignore_frozen_params=True))
     if torch.distributed.get_rank() != 0:
         return {}, {}
     missing = [n for n in names if n not in msd]
@@ -86,7 +110,7 @@ def trainable_state(model, names: list[str]) -> dict[str, torch.Tensor]:
     """The full trainable tensors on rank 0 (empty elsewhere), for saving the adapter. A collective."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    msd = get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True))
+    msd = get_model_state_dict(model, options=_options(model, ignore_frozen_params=True))
     return {n: msd[n] for n in names} if torch.distributed.get_rank() == 0 else {}
 
 
@@ -100,15 +124,17 @@ def restore(model, optimizer, names: list[str], params: dict[str, torch.Tensor],
     set_state_dict(model, optimizer, model_state_dict=params, optim_state_dict=osd, options=_options(strict=False))
 
 
-def grad_norm(accelerator, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip the sharded gradients to `max_norm` (accelerate's clip_grad_norm_); the total norm as a plain tensor."""
-    norm = accelerator.clip_grad_norm_(params, max_norm)
+def grad_norm(accelerator, model, max_norm: float) -> torch.Tensor:
+    """Clip the sharded gradients to `max_norm` (accelerate's clip_grad_norm_); the total norm as a plain tensor.
+    All of the model's parameters go in (the frozen ones have no gradient): accelerate recognises the prepared
+    model by them and uses FSDP1's own `clip_grad_norm_`, whose norm spans every rank's shard."""
+    norm = accelerator.clip_grad_norm_(list(model.parameters()), max_norm)
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def describe(accelerator, model) -> dict:
-    """What was sharded, for the train record: FSDP version and how much of the model this rank holds."""
-    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-    total = sum(p.numel() for p in model.parameters())
+def describe(accelerator, model, total: int) -> dict:
+    """What was sharded, for the train record: FSDP version and how much of the model's `total` parameters this
+    rank holds (FSDP2: the local parts of its DTensors; FSDP1: its parameters are views of its flat shards)."""
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     return {"engine": "FSDP (accelerate)", "fsdp_version": accelerator.state.fsdp_plugin.fsdp_version,
             "rank0_parameters": local, "parameters": total}

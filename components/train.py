@@ -336,8 +336,9 @@ def train(
     scaler = torch.amp.GradScaler(precision.device, enabled=precision.grad_scaler)
     optimizer = torch.optim.AdamW(list(named.values()), lr=spec.lr, weight_decay=spec.weight_decay)
     if sharded:  # accelerate shards the model and the optimizer state as the launch's config says
+        counts = methods.count_parameters(model)  # of the whole model, before its shards
         model, optimizer = sharding.prepare(accelerator, model, optimizer)
-        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        named = sharding.trainable(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, spec))
     state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "train_seconds": 0.0, "loss_curve": [], "eval_history": []}
     ckpt_dir = out_dir / "checkpoints"
@@ -385,7 +386,7 @@ def train(
                 ranks.sum_grads(list(named.values()))
         scaler.unscale_(optimizer)
         if sharded:
-            grad_norm = sharding.grad_norm(accelerator, list(named.values()), spec.max_grad_norm)
+            grad_norm = sharding.grad_norm(accelerator, model, spec.max_grad_norm)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(list(named.values()), spec.max_grad_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips the step, backs off
@@ -431,14 +432,17 @@ def train(
     # save, then check: a failed check keeps the adapter and says what was compared
     adapter_dir = out_dir / "adapter"
     gathered = sharding.trainable_state(model, list(named)) if sharded else None  # a collective: every rank
+    shards = sharding.describe(accelerator, model, counts[1]) if sharded else {}
+    if sharded and ranks.is_main:  # the trained weights into a fresh, unsharded copy: saved and checked from it
+        model = _unsharded(load_base(), behavior, total, tokenizer, gathered)
     if ranks.is_main:
         tmp = out_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        adapter_io.save_adapter(model, behavior.adapter, tmp, state_dict=gathered)
+        adapter_io.save_adapter(model, behavior.adapter, tmp)
         fsync_tree(tmp)
         rename_into_place(tmp, adapter_dir)  # the folder stays vanilla peft: no marker in it
     ranks.barrier()  # the other ranks wait for rank 0's adapter
-    trainable, all_params = methods.count_parameters(model)
+    trainable, all_params = counts if sharded else methods.count_parameters(model)
     record = TrainRecord(
         method=behavior.adapter.method, seed=spec.seed, steps=total, epochs=total / per_epoch,
         batching="packed" if packed else "grouped", trainable_params=trainable, total_params=all_params,
@@ -452,15 +456,13 @@ def train(
         generation={"passed": None, "pending": "the generation check runs after the adapter is saved"},
         precision=precision.to_dict(), gradient_checkpointing=checkpointing,
         peak_device_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if precision.device.startswith("cuda") else None,
-        processes=ranks.world, sharding=sharding.describe(accelerator, model) if sharded else {},
+        processes=ranks.world, sharding=shards,
     )
     if not ranks.is_main:  # rank 0 writes the record and checks generation
         return record
     atomic_write_json(out_dir / "metrics.json", {"loss_curve": state["loss_curve"], "eval_history": state["eval_history"]})
     atomic_write_json(out_dir / "train_record.json", record.to_dict())
-    if sharded:  # the sharded model generates only with every rank; check the saved adapter on a fresh base
-        model = PeftModel.from_pretrained(load_base(), adapter_dir)
-    elif checkpointing["enabled"]:
+    if checkpointing["enabled"] and not sharded:
         methods.disable_gradient_checkpointing(model)
     try:
         record.generation = generation_check(model, model, tokenizer, prompts, base_outputs=base_outputs,
@@ -471,6 +473,22 @@ def train(
     finally:
         atomic_write_json(out_dir / "train_record.json", record.to_dict())
     return record
+
+
+def _unsharded(base, behavior: BehaviorSpec, total: int, tokenizer, trained: dict[str, torch.Tensor]):
+    """`base` with the method applied and the gathered trained tensors loaded: what one process would hold after
+    training. peft's save_pretrained finds the adapter's tensors by walking its modules, whose names FSDP1 changes,
+    and a sharded model generates only with every rank; this copy needs neither."""
+    model = methods.apply_method(base, behavior.adapter, total_steps=total, tokenizer=tokenizer)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    if names != set(trained):
+        raise RuntimeError(f"the gathered FSDP state does not match the method's trainable tensors: "
+                           f"{sorted(names ^ set(trained))[:3]}")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in trained:
+                param.data = trained[name].to(param.device, torch.float32)  # trainable weights stay fp32, as in train()
+    return model
 
 
 def _check_shardable(behavior: BehaviorSpec, model, precision: Precision, load_base) -> None:

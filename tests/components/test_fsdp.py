@@ -1,4 +1,4 @@
-"""FSDP passed through as an accelerate config: 2 CPU processes (gloo, torch's FSDP2 `fully_shard` through
+"""FSDP passed through as an accelerate config: 2 CPU processes (gloo; torch's FSDP2 `fully_shard`, and FSDP1, through
 `accelerator.prepare`) against the one-process loop, and the config checks `validate` runs.
 
 An accelerate config with `distributed_type: FSDP` goes to `accelerate launch --config_file` as is; the ranks build
@@ -101,14 +101,20 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_two_fsdp_processes_train_the_adapter_one_process_trains(tmp_path, tiny_llama_dir, data_file):
+VERSIONS = {2: {}, 1: {"fsdp_version": 1, "fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_use_orig_params": True,
+                       "fsdp_sync_module_states": False}}  # FSDP1 on CPU: no device to sync module states on
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_two_fsdp_processes_train_the_adapter_one_process_trains(tmp_path, tiny_llama_dir, data_file, version):
     single = one_process(task(tiny_llama_dir, data_file, None), tmp_path / "one")
     seen = []
-    record = distributed.launch(task(tiny_llama_dir, data_file, fsdp_config(tmp_path)), tmp_path / "two", env=CPU,
+    config = fsdp_config(tmp_path, **VERSIONS[version])
+    record = distributed.launch(task(tiny_llama_dir, data_file, config), tmp_path / "two", env=CPU,
                                 progress=lambda step, total, metrics: seen.append(step))
-    # sharded for real: rank 0 held about half the weights (the tied embedding and the tail are one unit each)
+    # sharded for real: rank 0 held about half the weights
     shard = record["sharding"]
-    assert shard["engine"] == "FSDP (accelerate)" and shard["fsdp_version"] == 2, shard
+    assert shard["engine"] == "FSDP (accelerate)" and shard["fsdp_version"] == version, shard
     assert shard["rank0_parameters"] < 0.6 * shard["parameters"], shard
     assert record["processes"] == 2 and seen == [1, 2, 3, 4, 5, 6]
     diff = max_diff(adapter(tmp_path / "one"), adapter(tmp_path / "two"))
@@ -233,6 +239,8 @@ def test_configs_the_loop_cannot_run_are_refused_at_validate(tmp_path, tiny_llam
         ({**fsdp, "use_cpu": True}, "set use_cpu: false"),
         ({**fsdp, "mixed_precision": "fp16"}, "set mixed_precision to bf16 or no"),
         ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_version": 3}}, "fsdp_config.fsdp_version is 3"),
+        ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_version": 1, "fsdp_use_orig_params": False}},
+         "set fsdp_use_orig_params: true"),
         ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_activation_checkpointing": True}},
          "set behavior.training.gradient_checkpointing instead"),
     ]
