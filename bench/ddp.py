@@ -1,6 +1,7 @@
 """ddp_equivalence: max abs difference between the adapters of 2-process and 1-process training (fp32), and
 the 2-process / 1-process wall-time ratio; fsdp_equivalence: the same for 2 processes under FSDP2 (an accelerate
-config with distributed_type FSDP, fsdp_version 2, layers wrapped one by one; gloo on CPU).
+config with distributed_type FSDP, fsdp_version 2, layers wrapped one by one; gloo on CPU), and fsdp1_max_abs_diff_*
+for FSDP1.
 
     .venv/bin/python -m bench.ddp                                   # the tiny random Llama, 2 learning rates
     ADAPTFLOW_BENCH_DDP_MODEL=builtin ADAPTFLOW_BENCH_DDP_STEPS=4 .venv/bin/python -m bench.ddp
@@ -57,16 +58,19 @@ def _model_dir(tmp: Path, which: str) -> tuple[str, str]:
     return str(folder), "random Llama, 4 layers, hidden 256 (built in this run)"
 
 
-def _fsdp_config(tmp: Path) -> Path:
+def _fsdp_config(tmp: Path, version: int = 2) -> Path:
     import yaml
 
     from components.distributed import _free_port
 
-    path = tmp / "fsdp.yaml"
+    path = tmp / f"fsdp{version}.yaml"
+    v1 = {"fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_use_orig_params": True, "fsdp_sync_module_states": False,
+          "fsdp_cpu_ram_efficient_loading": False}  # FSDP1 on CPU: no device to sync module states on
     path.write_text(yaml.safe_dump({
         "compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "no",
-        "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "fsdp_reshard_after_forward": True},
+        "fsdp_config": {"fsdp_version": version, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer", "fsdp_reshard_after_forward": True,
+                        **(v1 if version == 1 else {})},
         "machine_rank": 0, "num_machines": 1, "num_processes": 2, "main_process_port": _free_port(), "use_cpu": False}))
     return path
 
@@ -134,6 +138,8 @@ def run() -> dict:
                                                              / fsdp["sharding"]["parameters"], 3)
             out[f"fsdp_train_seconds_2proc_{tag}"] = round(fsdp["train_seconds"], 2)
             out[f"fsdp_wall_seconds_2proc_{tag}"] = round(fsdp_wall, 2)
+            _two_processes(_spec(model_id, data, lr, steps, 2, _fsdp_config(tmp, 1)), tmp / f"fsdp1-{lr}")
+            out[f"fsdp1_max_abs_diff_{tag}"] = _max_diff(tmp / f"one-{lr}", tmp / f"fsdp1-{lr}")
             out[f"ddp_max_abs_diff_{tag}"] = _max_diff(tmp / f"one-{lr}", tmp / f"two-{lr}")
             out[f"ddp_max_loss_diff_{tag}"] = max(abs(a[1] - b[1]) for a, b in
                                                   zip(one["loss_curve"], two["loss_curve"], strict=True))
@@ -147,7 +153,7 @@ def run() -> dict:
     out["ddp_train_speedup_2v1"] = round(out[f"ddp_train_seconds_1proc_{tag}"] / out[f"ddp_train_seconds_2proc_{tag}"], 3)
     out["ddp_wall_speedup_2v1"] = round(out[f"ddp_wall_seconds_1proc_{tag}"] / out[f"ddp_wall_seconds_2proc_{tag}"], 3)
     out["setup"] = (f"{described}; {steps} steps, global batch 8 (2 x 4 per process), LoRA r 8 q,v, fp32; 1 process "
-                    f"x 1 thread vs 2 processes x 1 thread (gloo; DDP, and FSDP2 through an accelerate config) on "
+                    f"x 1 thread vs 2 processes x 1 thread (gloo; DDP, and FSDP2 and FSDP1 through accelerate configs) on "
                     f"{os.cpu_count()} cores; "
                     f"load average {os.getloadavg()[0]:.1f} at the end")
     return out
