@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 DDP_TYPES = ("MULTI_GPU", "MULTI_CPU")
-FSDP_METHODS = ("lora",)  # adapter methods tested under FSDP (tests/components/test_fsdp.py)
+FSDP_METHODS = ("lora", "dora", "ia3", "loha", "lokr")  # modules beside the base's; tested (tests/components/test_fsdp.py)
 DOCS = "docs/scale.md"
 
 
