@@ -296,6 +296,13 @@ def grid(ins: Inspection) -> tuple[list[int], list[str], list[list[float | None]
     return layers, modules, [[cells.get((layer, m)) for m in modules] for layer in layers]
 
 
+def column_label(module: str) -> str:
+    """A heatmap column's label: the module's last name, after its hybrid part when it has one
+    ('part1-loha:self_attn.q_proj' -> 'part1-loha:q_proj'), so two parts on one module stay two labels."""
+    part, sep, path = module.rpartition(":")
+    return f"{part}{sep}{path.rsplit('.', 1)[-1]}"
+
+
 def write_heatmap(ins: Inspection, path: Path, title: str) -> Path:
     """Layers × modules coloured by the update's norm; a bar per vector group when nothing is layered."""
     import matplotlib
@@ -309,7 +316,7 @@ def write_heatmap(ins: Inspection, path: Path, title: str) -> Path:
         data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(modules), 1.2 + 0.32 * len(layers)))
         image = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_xticks(range(len(modules)), [m.rsplit(".", 1)[-1] for m in modules], rotation=45, ha="right")
+        ax.set_xticks(range(len(modules)), [column_label(m) for m in modules], rotation=45, ha="right")
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
         ax.set_ylabel("layer")
         fig.colorbar(image, ax=ax, label=ins.quantity)
@@ -317,7 +324,7 @@ def write_heatmap(ins: Inspection, path: Path, title: str) -> Path:
         rows = [s for s in ins.modules if s.module != "prompt"] or ins.modules
         fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(rows)), 3))
         ax.bar(range(len(rows)), [s.norm for s in rows])
-        ax.set_xticks(range(len(rows)), [s.module.rsplit(".", 1)[-1] for s in rows], rotation=90)
+        ax.set_xticks(range(len(rows)), [column_label(s.module) for s in rows], rotation=90)
         ax.set_ylabel(ins.quantity)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

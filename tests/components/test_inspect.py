@@ -14,7 +14,16 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from components.adapter_io import load_adapter
-from components.inspect import inspect_adapter, low_rank_singular_values, rank_stats
+from components.inspect import (
+    Inspection,
+    ModuleStat,
+    column_label,
+    grid,
+    inspect_adapter,
+    low_rank_singular_values,
+    rank_stats,
+    write_heatmap,
+)
 from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec
@@ -161,3 +170,17 @@ def test_inspect_command_registers_a_verified_derived_version(trained, base_dir,
     assert "already registered (identical inspection) tiny--inspect@v1" in again.output
     missing = runner.invoke(app, ["inspect", "nope@v1", "--root", str(reg.root)])
     assert missing.exit_code == 1 and "no task named 'nope'" in missing.output
+
+
+def test_heatmap_columns_keep_the_hybrid_part(tmp_path):
+    """Two hybrid parts on one module are two columns; their labels say which part (found on the built-in model:
+    a lora+loha heatmap read `q_proj, v_proj, o_proj`, the parts gone)."""
+    stats = [ModuleStat(f"{part}:model.layers.{layer}.self_attn.q_proj", layer, f"{part}:self_attn.q_proj", 1.0 + layer)
+             for part in ("part0-lora", "part1-loha") for layer in range(2)]
+    ins = Inspection("hybrid", "LORA+LOHA", "‖ΔW‖_F per part", stats)
+    _, modules, values = grid(ins)
+    assert [column_label(m) for m in modules] == ["part0-lora:q_proj", "part1-loha:q_proj"]
+    assert values == [[1.0, 1.0], [2.0, 2.0]]
+    assert column_label("mlp.down_proj") == "down_proj" and column_label("prompt") == "prompt"
+    png = write_heatmap(ins, tmp_path / "heatmap.png", "t@v1: hybrid")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
