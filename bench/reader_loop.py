@@ -75,6 +75,32 @@ def reader_for(spec, out: Path, data: Path | None, recipe: dict) -> tuple[Path, 
     return where / "adapter", record
 
 
+def settled(system, items, arm: str, rows: list[dict], gold) -> tuple[dict, list[dict]]:
+    """The arm's rows re-decided with the system's calibrated abstention (the margins of the same answers)."""
+    from components.abstention import margins
+    from components.data import render_prompt
+    from components.evaluate import _score_row, arm_parts
+    from components.metrics import aggregate
+    from components.prompting import with_context
+
+    context = arm_parts(arm)[1]
+    if context == "gold":
+        keep = [n for n, chunks in enumerate(gold) if chunks]
+        items, contexts = [items[n] for n in keep], [gold[n] for n in keep]
+    else:
+        contexts = [[(h.title, h.text) for h in system.retrieve(i.query)] for i in items]
+    tok = system.handle.tokenizer
+    prompts = [render_prompt(tok, with_context(i.messages, c)) for i, c in zip(items, contexts, strict=True)]
+    with system.using(use_adapter=True) as model:
+        found = margins(model, tok, prompts, [r["prediction"] for r in rows], score=system.abstention.score)
+    out = []
+    for item, row, m in zip(items, rows, found, strict=True):
+        new = _score_row(item, system.abstention.decide(row["prediction"], m), None)
+        out.append(new | {k: row[k] for k in ("retrieved", "has_gold") if k in row} | {"margin": round(m, 3)})
+    keys = ("exact_match", "answer_f1", "contains_answer", "abstain")
+    return aggregate([{k: float(r[k]) for k in keys if k in r} for r in out]), out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -83,14 +109,27 @@ def main() -> None:
     parser.add_argument("--recipe", default="{}", help="JSON merged into components.reader.RECIPE sections")
     parser.add_argument("--arms", default=DEFAULT_ARMS)
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--abstain", choices=("auto", "model", "calibrated"), default="auto",
+                        help="knowledge.abstain; the reader arms print the model-only and the calibrated scores "
+                             "from one generation when it resolves to calibrated")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
 
     from adaptflow.system import System
-    from components.evaluate import add_losses, evaluation_half, gold_contexts, load_eval_items, score_arm
+    from components.abstention import Abstention
+    from components.evaluate import (
+        abstain_mode,
+        add_losses,
+        calibrate_abstention,
+        evaluation_half,
+        gold_contexts,
+        load_eval_items,
+        score_arm,
+    )
 
     spec = defaults_spec(args.out)
+    spec = spec.model_copy(update={"knowledge": spec.knowledge.model_copy(update={"abstain": args.abstain})})
     index = index_for(spec, args.cache)
     arms = args.arms.split(",")
     adapter, record = reader_for(spec, args.out, args.data, json.loads(args.recipe)) if any(
@@ -99,18 +138,34 @@ def main() -> None:
     system = System("loop", spec, adapter, index)
     if args.max_new_tokens:
         system.max_new_tokens = args.max_new_tokens
-    items, _ = evaluation_half(load_eval_items(spec), system.retriever)
+    every = load_eval_items(spec)
+    mode = abstain_mode(spec, system)
+    calibration = None
+    if mode == "calibrated":
+        start = time.perf_counter()
+        calibration = calibrate_abstention(system, spec, every)
+        print(json.dumps({"abstention": calibration, "seconds": round(time.perf_counter() - start)}), flush=True)
+    items, _ = evaluation_half(every, system.retriever, calibrating=mode == "calibrated")
     gold = gold_contexts(items, system.retriever)
-    report, rows = {"arms": {}}, {}
+    report, rows, cal, cal_rows = {"arms": {}}, {}, {"arms": {}}, {}
     for arm in arms:
         start = time.perf_counter()
+        calibrated, system.abstention = system.abstention, Abstention()  # one generation, both decisions
         report["arms"][arm], rows[arm] = score_arm(system, items, arm, None, gold=gold)
-        print(json.dumps({"arm": arm, "seconds": round(time.perf_counter() - start)}
+        system.abstention = calibrated
+        print(json.dumps({"arm": arm, "abstain": "model", "seconds": round(time.perf_counter() - start)}
                          | {k: round(v, 3) for k, v in report["arms"][arm].items()}), flush=True)
+        if calibration is not None and arm.startswith("reader"):
+            cal["arms"][arm], cal_rows[arm] = settled(system, items, arm, rows[arm], gold)
+            print(json.dumps({"arm": arm, "abstain": "calibrated"}
+                             | {k: round(v, 3) for k, v in cal["arms"][arm].items()}), flush=True)
     add_losses(report, rows)
+    if cal["arms"]:
+        add_losses(cal, cal_rows)
+        print(json.dumps({"calibrated_ceiling": cal.get("ceiling")}), flush=True)
     print(json.dumps({"ceiling": report.get("ceiling"), "tuning": system.retriever.info.get("tuning", {}).get("chosen"),
                       "items": len(items)}), flush=True)
-    (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "rows.json").write_text(json.dumps(rows | {f"{a}@calibrated": r for a, r in cal_rows.items()}, indent=1))
 
 
 if __name__ == "__main__":

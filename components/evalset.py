@@ -77,6 +77,12 @@ def question_key(question: str) -> str:
     return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
+def is_held_out(question: str) -> bool:
+    """True for the half of the questions that tuning (vectorstore.tune) and abstention calibration
+    (components.abstention) measure on, and the evaluation leaves out."""
+    return int(question_key(question), 16) % 2 == 0
+
+
 def id_spellings(doc_id: str) -> list[str]:
     """How a gold `doc_ids` entry may name this document: its id; for a file, the path relative to
     documents/ without its extension, and the file's stem (accepted only where unique: `resolve_gold_ids`)."""

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from components.evalset import (
     EvalDataError,
+    is_held_out,
     question_key,
     read_eval_file,
     resolve_gold_ids,
@@ -180,15 +181,58 @@ def gold_contexts(items: list[EvalItem], retriever) -> list[list[tuple[str, str]
     return [[docs[d] for d in resolve_gold_ids(i.doc_ids, corpus)[0]] for i in items]
 
 
-def evaluation_half(items: list[EvalItem], retriever) -> tuple[list[EvalItem], int]:
-    """The items left when the index tuned its settings on a held-out half (vectorstore.tune): that half
-    is left out here, so the choice never meets the questions it is judged on. Returns (items, left out)."""
+def held_out_keys(items: list[EvalItem], retriever, calibrating: bool = False) -> set[str]:
+    """The question keys of the held-out half: the one the index tuned on (vectorstore.tune), or, when only the
+    abstention is calibrated (components.abstention), the same hash half of the rows with gold documents."""
     tuning = retriever.info.get("tuning") if retriever is not None else None
-    if not tuning:
+    if tuning:
+        return set(tuning["held_out"])
+    if calibrating:
+        return {question_key(i.query) for i in items if i.doc_ids and is_held_out(i.query)}
+    return set()
+
+
+def evaluation_half(items: list[EvalItem], retriever, calibrating: bool = False) -> tuple[list[EvalItem], int]:
+    """The items left when the index tuned its settings (or the abstention calibrated its threshold) on a
+    held-out half: that half is left out here, so the choice never meets the questions it is judged on.
+    Returns (items, left out)."""
+    held = held_out_keys(items, retriever, calibrating)
+    if not held:
         return items, 0
-    held = set(tuning["held_out"])
     kept = [i for i in items if question_key(i.query) not in held]
     return kept, len(items) - len(kept)
+
+
+def abstain_mode(spec: TaskSpec, system) -> str:
+    """'calibrated' or 'model': how the system's adapter (the reader) decides to say the abstain phrase.
+    `auto` calibrates where a reader reads and the index tuned on a held-out half (no question is spent)."""
+    knowledge = spec.knowledge
+    if knowledge is None or system.retriever is None or getattr(system, "method", None) is None:
+        if knowledge is not None and knowledge.abstain == "calibrated" and system.retriever is not None:
+            raise EvalDataError("knowledge.abstain is 'calibrated' but no adapter reads the context (knowledge.reader "
+                                "is none, or `auto` kept none); set knowledge.reader: builtin or knowledge.abstain: model")
+        return "model"
+    if knowledge.abstain == "auto":
+        reads = spec.behavior is None and knowledge.inject == "rag"
+        return "calibrated" if reads and system.retriever.info.get("tuning") else "model"
+    return knowledge.abstain
+
+
+def calibrate_abstention(system, spec: TaskSpec, items: list[EvalItem]) -> dict:
+    """Calibrate the system's abstention on the held-out half of `items` (the whole evaluation set), set it on
+    `system` and return the record for the report; the evaluation half is never used."""
+    from components.abstention import Abstention, calibrate_system
+
+    held = held_out_keys(items, system.retriever, calibrating=True)
+    chosen = [i for i in items if question_key(i.query) in held and i.doc_ids and not i.unanswerable]
+    if not chosen:
+        where = spec.evaluation.data if spec.evaluation is not None else "the evaluation set"
+        raise EvalDataError(f"knowledge.abstain is 'calibrated' but {where} has no held-out question with doc_ids to "
+                            "calibrate on; add doc_ids to the rows or set knowledge.abstain: model")
+    corpus = sorted(document_texts(system.retriever))
+    record = calibrate_system(system, chosen, [resolve_gold_ids(i.doc_ids, corpus)[0] for i in chosen])
+    system.abstention = Abstention.from_record(record)
+    return record
 
 
 def _score_row(item: EvalItem, pred: str, labels: set[str] | None) -> dict:
@@ -315,9 +359,12 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
 
     Progress shows on the terminal (one bar per arm) and goes to `progress(done, total)` over all arms.
     """
-    items, held_out = evaluation_half(load_eval_items(spec), system.retriever)
-    labels = label_set(items)
+    every = load_eval_items(spec)
+    mode = abstain_mode(spec, system)
     t0 = time.perf_counter()
+    abstention = calibrate_abstention(system, spec, every) if mode == "calibrated" else None
+    items, held_out = evaluation_half(every, system.retriever, calibrating=mode == "calibrated")
+    labels = label_set(items)
     gold = None
     if system.retriever is not None and any(i.doc_ids for i in items):
         gold = gold_contexts(items, system.retriever)
@@ -325,9 +372,12 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
     report: dict = {"arms": {}, "items": len(items), "label_set": sorted(labels) if labels else None,
                     "unanswerable": sum(i.unanswerable for i in items)}
     if held_out:
-        tuning = system.retriever.info["tuning"]
         report["held_out_for_tuning"] = held_out
+    tuning = system.retriever.info.get("tuning") if system.retriever is not None else None
+    if tuning:
         report["retrieval_tuning"] = {k: tuning[k] for k in ("tuned", "questions", "rule", "chosen", "grid")}
+    if abstention is not None:
+        report["abstention"] = abstention
     samples, rows_of = {}, {}
     sizes = [sum(bool(g) for g in gold) if arm_parts(a)[1] == "gold" else len(items) for a in arms]
     total, before = sum(sizes), 0
@@ -406,7 +456,9 @@ def render_markdown(report: dict, name: str) -> str:
     keys = [k for k in METRIC_ORDER if k in present]
     unanswerable = f" ({report['unanswerable']} unanswerable, scored by abstain)" if report.get("unanswerable") else ""
     tuned = report.get("held_out_for_tuning")
-    tuned = f"; {tuned} more questions tuned the index's chunking / top_k and are left out" if tuned else ""
+    why = " / ".join(w for w, on in (("tuned the index's chunking / top_k", report.get("retrieval_tuning")),
+                                     ("calibrated the abstention", report.get("abstention"))) if on)
+    tuned = f"; {tuned} more questions {why} and are left out" if tuned else ""
     lines = [f"# Evaluation of {name}", "", f"{report['items']} items{unanswerable}{tuned}, greedy decoding.", ""]
     lines += ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm, m in arms.items():
@@ -417,7 +469,7 @@ def render_markdown(report: dict, name: str) -> str:
     margin = arms[best].get(head, 0) - (arms[ranked[1]].get(head, 0) if len(ranked) > 1 else 0)
     runner = f" by {margin:+.3f} over {ranked[1]}" if len(ranked) > 1 else ""
     lines += ["", f"**Winner on {head}: {best}**{runner}."]
-    lines += ceiling_lines(report) + tuning_lines(report)
+    lines += ceiling_lines(report) + tuning_lines(report) + abstention_lines(report)
     if "forgetting" in report:
         f = report["forgetting"]
         lines.append(f"Forgetting: general-text perplexity {f['base_ppl']:.2f} -> {f['adapter_ppl']:.2f} ({f['forgetting']:+.1%}).")
@@ -439,6 +491,18 @@ def ceiling_lines(report: dict) -> list[str]:
         lines.append(f"| {arm} | {c['score']:.3f} | {c['ceiling']:.3f} ({c['arm']}) | {c['retrieval_loss']:+.3f} | "
                      f"{c['reading_loss']:.3f} |")
     return lines
+
+
+def abstention_lines(report: dict) -> list[str]:
+    a = report.get("abstention")
+    if not a:
+        return []
+    t = "none (the model's text alone scored best)" if a["threshold"] is None else f"{a['threshold']:+.3f}"
+    m = a["model_only"]
+    return ["", f"Abstention calibrated on {a['questions']} held-out questions, each asked with the retrieved context "
+            "and with the gold documents removed: abstain when the reader says the phrase or log P(phrase) - "
+            f"log P(answer) ({a.get('score', 'sum')} over the tokens) > threshold {t}; answered right {a['answered_right']:.3f}, declined "
+            f"{a['declined']:.3f} (the model's text alone: {m['answered_right']:.3f}, {m['declined']:.3f})."]
 
 
 def tuning_lines(report: dict) -> list[str]:

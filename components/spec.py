@@ -703,6 +703,12 @@ class KnowledgeSpec(Strict):
                     "shipped reading set), NAME@REF (a registered adapter of the same base), or auto (builtin on "
                     "the built-in base when it scores better on the evaluation set; see docs/reading.md)",
     )
+    abstain: Literal["auto", "model", "calibrated"] = Field(
+        "auto", description="when the system says 'not in the documents': model (when the model's greedy answer says "
+                            "it), calibrated (also when the reader's own probability of that phrase, against its answer, "
+                            "passes a threshold calibrated on the held-out half of the evaluation questions), or auto "
+                            "(calibrated where a reader reads and the index tuned on a held-out half; see docs/reading.md)",
+    )
     allow_outside_workspace: bool = Field(
         False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"
     )
@@ -856,6 +862,14 @@ class TaskSpec(Strict):
                 f"knowledge.reader is '{self.knowledge.reader}' but the spec trains its own adapter (`behavior:`), "
                 "and one system carries one adapter; remove knowledge.reader or the behavior section"
             )
+        if self.knowledge is not None and self.knowledge.abstain == "calibrated":
+            if self.behavior is None and self.knowledge.reader == "none":
+                raise ValueError("knowledge.abstain is 'calibrated' but knowledge.reader is 'none': the threshold is "
+                                 "the reader's; set knowledge.reader: builtin (or auto), or knowledge.abstain: model")
+            if self.evaluation is None or self.evaluation.data is None:
+                raise ValueError("knowledge.abstain is 'calibrated' but evaluation.data is missing: the threshold is "
+                                 "calibrated on a held-out half of its questions (rows with doc_ids); add "
+                                 "evaluation.data or set knowledge.abstain: model")
         if self.knowledge is not None and self.knowledge.inject != "rag":
             self._check_inject()
         if self.compare is not None and self.behavior is None:

@@ -217,12 +217,15 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         done = await sub.completions(request)
         _count(metrics, system, sub, done)
         tok = system.handle.tokenizer
+        texts = [d.text.strip() for d in done]
+        if system.settles(prepared, ext.adapter):  # the calibrated abstention, as `adaptflow query` answers
+            texts = await run_in_threadpool(lambda: [system.settle(prepared, t, ext.adapter) for t in texts])
         return {
             "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": req.model,
             "system_fingerprint": system.ref,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": d.text.strip()},
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                          "finish_reason": d.finish_reason, "logprobs": chat_logprobs(tok, d.logprobs)}
-                        for i, d in enumerate(done)],
+                        for i, (d, text) in enumerate(zip(done, texts, strict=True))],
             "usage": usage(len(prepared.ids), done), "citations": citations(prepared),
             "adaptflow": timings(sub, done),
         }
@@ -301,20 +304,29 @@ def _sse(request: Request, sub: Submission, req: Generation, kind: str) -> Strea
         return sse({"id": cid, "object": obj, "created": created, "model": req.model,
                     "system_fingerprint": sub.system.ref, "choices": [choice], **extra})
 
+    # a calibrated abstention may replace a chat answer once it is finished: its text then comes whole, at the end
+    settles = kind == "chat" and sub.system.settles(sub.prepared, sub.use_adapter)
+
     async def events():
         done: dict = {}
+        held: dict[int, list[str]] = {}
         try:
             if kind == "chat":
                 for i in range(len(sub.rows)):
                     yield chunk(i, None)
             async for event, index, *payload in sub.events():
-                if event == "delta":
+                if event == "delta" and settles:
+                    held.setdefault(index, []).append(payload[0])
+                elif event == "delta":
                     yield chunk(index, payload[0], payload[1] or None)
                 elif event == "error":
                     yield sse(json.loads(failure(payload[0]).body))
                     break
                 else:
                     done[index] = payload[0]
+                    if settles:
+                        text = "".join(held.get(index, [])).strip()
+                        yield chunk(index, await run_in_threadpool(sub.system.settle, sub.prepared, text, sub.use_adapter))
                     last = len(done) == len(sub.rows)
                     extra = {"citations": citations(sub.prepared), "usage": usage(len(sub.prepared.ids), list(done.values())),
                              "adaptflow": timings(sub, list(done.values()))} if last else {}

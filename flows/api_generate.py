@@ -35,6 +35,7 @@ class Submission:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.system, self.prepared, self.started = system, prepared, time.monotonic()
+        self.use_adapter = use_adapter
         self.give_up_s = limits.request_timeout_s + 30
         self.rows = []
         try:

@@ -22,17 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.evalset import question_key, question_of, read_eval_file, read_eval_rows
+from components.evalset import is_held_out, question_key, question_of, read_eval_file, read_eval_rows
 from components.spec import ChunkingSpec, KnowledgeSpec
 
 SIZES = (100, 200, 400)  # embedder tokens; overlap is a fifth of the size
 TOP_KS = (2, 3, 4)
 RECALL_SLACK = 0.02
-
-
-def is_held_out(question: str) -> bool:
-    """True for the half of the questions that tuning measures on (and evaluation leaves out)."""
-    return int(question_key(question), 16) % 2 == 0
 
 
 def tunable(knowledge: KnowledgeSpec) -> list[str]:

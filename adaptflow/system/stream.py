@@ -27,14 +27,21 @@ class Stream:
         self.finish_reason: str | None = None
         self.completion: Completion | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        # a calibrated abstention may replace the answer once it is finished: it is then given whole, at the end
+        self._settle = (lambda text: system.settle(prepared, text, use_adapter)) if system.settles(
+            prepared, use_adapter) else None
         self._row = system.submit(prepared, params, self._events.put, use_adapter=use_adapter)
 
     def __iter__(self) -> Iterator[str]:
+        held: list[str] = []
         try:
             while True:
                 kind, _, *payload = self._events.get()
                 if kind == "delta":
-                    yield payload[0]
+                    if self._settle is None:
+                        yield payload[0]
+                    else:
+                        held.append(payload[0])
                 elif kind == "error":
                     raise payload[0]
                 else:
@@ -42,6 +49,8 @@ class Stream:
                     self.finish_reason = done.finish_reason
                     self.usage = Usage(done.prompt_tokens, done.completion_tokens,
                                        done.prompt_tokens + done.completion_tokens)
+                    if self._settle is not None:
+                        yield self._settle("".join(held).strip())
                     return
         finally:
             self._row.cancel()  # a reader that left early frees the row's place in the batch

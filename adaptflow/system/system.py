@@ -23,6 +23,7 @@ from adaptflow.system.generation import Prepared, PromptTooLong, eos_ids, genera
 from adaptflow.system.pool import attach_adapter, injected, peft_type, release_adapter, shared_base
 from adaptflow.system.stream import Stream
 from adaptflow.system.types import Answer, Citation, Usage
+from components.abstention import Abstention, margins
 from components.precision import task_precision
 from components.prompting import format_context, last_user_text, question_messages, with_context
 from components.serving.embedding import batching
@@ -56,6 +57,7 @@ class System:
             self.retriever.embedder = batching(self.retriever.embedder)  # concurrent questions embed together
             self.top_k = self.retriever.info["retrieval"]["top_k"]  # the spec's, or the one tuning chose at index time
         self._private_model = self._prompt_model = None
+        self.abstention = Abstention()  # the model's text alone, until calibrated (components.abstention)
         lane = peft_type(Path(adapter_dir)) if injected(self.method) else None
         self.handle = shared_base(spec.base_model, lane, precision=task_precision(spec))
         if self.method is not None:
@@ -112,17 +114,39 @@ class System:
 
     def generate(self, batch: list[list[dict]], *, use_adapter: bool = True, max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_p: float = 1.0,
-                 on_batch: Callable[[int, int], None] | None = None) -> list[str]:
-        """Answers to already-contextualised message lists (the evaluation's batched path)."""
+                 on_batch: Callable[[int, int], None] | None = None, abstention: bool = True) -> list[str]:
+        """Answers to already-contextualised message lists (the evaluation's batched path). With the adapter and
+        a calibrated abstention (and `abstention`), an answer becomes the abstain phrase where the reader's margin
+        passes the threshold, as `query` and `stream` answer."""
         from components.data import render_prompt
 
         tok = self.handle.tokenizer
         prompts = [render_prompt(tok, messages) for messages in batch]
+        use = use_adapter and self.method is not None
         with self.handle.lock:
-            model, ctx = self._model_for(use_adapter and self.method is not None)
+            model, ctx = self._model_for(use)
             with ctx:
-                return generate_texts(model, tok, prompts, max_new_tokens or self.max_new_tokens,
-                                      temperature=temperature, top_p=top_p, on_batch=on_batch)
+                texts = generate_texts(model, tok, prompts, max_new_tokens or self.max_new_tokens,
+                                       temperature=temperature, top_p=top_p, on_batch=on_batch)
+                if not (abstention and use and self._calibrated(batch)):
+                    return texts
+                found = margins(model, tok, prompts, texts, score=self.abstention.score)
+        return [self.abstention.decide(t, m) for t, m in zip(texts, found, strict=True)]
+
+    def _calibrated(self, batch: list[list[dict]]) -> bool:
+        """A calibrated abstention applies to answers read from context (the prompt template's, with chunks)."""
+        from components.prompting import CONTEXT_INSTRUCTION
+
+        return self.abstention.threshold is not None and all(
+            CONTEXT_INSTRUCTION in last_user_text(m) for m in batch)
+
+    def settle(self, prepared: Prepared, text: str, use_adapter: bool = True) -> str:
+        """The answer as the system gives it: the calibrated abstention applied to a finished reply (query, chat)."""
+        if not self.settles(prepared, use_adapter):
+            return text
+        with self.using(use_adapter=True) as model:
+            margin = margins(model, self.handle.tokenizer, [prepared.ids], [text.strip()], score=self.abstention.score)[0]
+        return self.abstention.decide(text, margin)
 
     def _hits(self, question: str, use_retrieval: bool, top_k: int | None) -> tuple[list, float]:
         start = time.perf_counter()
@@ -206,7 +230,7 @@ class System:
         done = self.complete(prepared, params, use_adapter=use_adapter)
         total = _ms(time.perf_counter() - start)
         usage = Usage(done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens)
-        return Answer(done.text.strip(), prepared.citations, self.ref, total, prepared.retrieval_ms,
+        return Answer(self.settle(prepared, done.text.strip(), use_adapter), prepared.citations, self.ref, total, prepared.retrieval_ms,
                       round(total - prepared.retrieval_ms, 1), usage, done.finish_reason)
 
     def stream(self, question: str | None = None, *, messages: list[dict] | None = None, use_adapter: bool = True,
@@ -217,6 +241,10 @@ class System:
                                      top_k=top_k)
         params = SamplingParams(max_new_tokens or self.max_new_tokens, temperature, top_p, seed)
         return Stream(self, prepared, params, use_adapter=use_adapter)
+
+    def settles(self, prepared: Prepared, use_adapter: bool = True) -> bool:
+        """True when `settle` may replace this prompt's answer (a stream then gives it whole, at the end)."""
+        return self.abstention.threshold is not None and bool(prepared.citations) and bool(use_adapter and self.method)
 
 
 def _ms(seconds: float) -> float:
@@ -241,5 +269,11 @@ def load_system(ref: str, registry=None, verify: bool = True) -> System:
     version = (registry or Registry()).open(ref, verify=verify)
     spec = TaskSpec.model_validate(version.manifest["spec"], context={"check_exists": False})
     adapter_dir, index_dir = version.path / "adapter", version.path / "index"
-    return System(version.ref, spec, adapter_dir if adapter_dir.exists() else None,
-                  index_dir if index_dir.exists() else None, verify_index=verify)
+    system = System(version.ref, spec, adapter_dir if adapter_dir.exists() else None,
+                    index_dir if index_dir.exists() else None, verify_index=verify)
+    report = version.path / "eval" / "report.json"
+    if report.exists():  # the abstention the evaluation calibrated is part of the registered system
+        import json
+
+        system.abstention = Abstention.from_record(json.loads(report.read_text()).get("abstention"))
+    return system
