@@ -40,6 +40,10 @@ NEAR_MISS_SHARE = 0.6  # ... of which near misses; the rest miss the answer's ch
 CONTEXT_SIZES = (2, 2, 3, 4)  # chunks per prompt (top_k)
 GENERIC_PER_DOCUMENT = 6  # look-alike sentences per document (worlds.GENERIC): ~160 words
 CHUNK_WORDS = 75  # about 100 embedder tokens (MiniLM: ~1.3 per word)
+# The builtin reader's rows (2026-12-01, second version): 60 answerable short-passage rows, `chunks` answerable
+# retrieval-shaped rows, `documents` answerable whole-document rows; declines: (near misses, missing passages)
+# over the short passages and (near misses, missed chunks) over the invented documents: 26 of 130, a fifth.
+READER_MIX = {"short_declines": (10, 4), "chunks": 28, "documents": 16, "chunk_declines": (8, 4)}
 
 PASSAGES = [
     ("Copper Creek Mill", "The Copper Creek Mill opened in 1871 and ground wheat for three valleys. It closed in 1952 after a flood destroyed its wheel.",
@@ -145,8 +149,9 @@ def _example(question: str, chunks: list[tuple[str, str]], answer: str) -> dict:
             + [{"role": "assistant", "content": answer}]}
 
 
-def build_reader(seed: int = 0) -> list[dict]:
-    """The builtin reader's rows: 60 answerable (2-4 passages), 20 near misses, 10 missing passages."""
+def build_short(seed: int = 0, near_misses: int = 20, missing: int = 10) -> list[dict]:
+    """Rows over the short PASSAGES: 60 answerable (2-4 passages), `near_misses` near misses and `missing` rows
+    whose passage is missing (the builtin reader's whole set until 2026-12-01: 20 and 10)."""
     rng = random.Random(seed)
     others = lambda i, n: [(t, x) for t, x, _ in rng.sample([p for j, p in enumerate(PASSAGES) if j != i], n)]  # noqa: E731
     rows = []
@@ -155,14 +160,58 @@ def build_reader(seed: int = 0) -> list[dict]:
             chunks = [(title, text)] + others(i, rng.choice((1, 2, 3)))
             rng.shuffle(chunks)
             rows.append(_example(question, chunks, answer))
-    for i in rng.sample(sorted(NEAR_MISSES), 20):
+    for i in rng.sample(sorted(NEAR_MISSES), near_misses):
         chunks = [PASSAGES[i][:2]] + others(i, rng.choice((1, 2)))
         rng.shuffle(chunks)
         rows.append(_example(NEAR_MISSES[i], chunks, ABSTAIN_PHRASE))
-    for i in rng.sample(range(len(PASSAGES)), 10):
+    for i in rng.sample(range(len(PASSAGES)), missing):
         rows.append(_example(rng.choice(PASSAGES[i][2])[0], others(i, rng.choice((2, 3))), ABSTAIN_PHRASE))
     rng.shuffle(rows)
     return rows
+
+
+def build_reader(seed: int = 0) -> list[dict]:
+    """The builtin reader's rows (READER_MIX): the short-passage rows, plus contexts shaped like retrieval's
+    (~100-token chunks of invented documents, two to four per prompt) and whole invented documents as one
+    passage (what the gold-context ceiling reads), each with a copied answer; a fifth of all rows decline."""
+    rng = random.Random(seed)
+    docs = documents(seed)
+    rows = build_short(seed, *READER_MIX["short_declines"])
+    for n in range(READER_MIX["chunks"]):
+        doc, size = rng.choice(docs), rng.choice(CONTEXT_SIZES)
+        question, answer, sentence = rng.choice(doc.answered)
+        rows.append(_example(question, _context(rng, docs, doc, lambda c, s=sentence: s in c, size), answer))
+    for n in range(READER_MIX["documents"]):
+        doc = docs[(n * 7) % len(docs)]
+        question, answer, _ = rng.choice(doc.answered)
+        rows.append(_example(question, _whole(rng, docs, doc), answer))
+    near, missed = READER_MIX["chunk_declines"]
+    for n in range(near):
+        doc = rng.choice(docs)
+        chunks = _whole(rng, docs, doc) if n % 2 else _context(rng, docs, doc, lambda c: True, rng.choice(CONTEXT_SIZES))
+        rows.append(_example(rng.choice(doc.unanswered), chunks, ABSTAIN_PHRASE))
+    while missed:
+        doc = rng.choice(docs)
+        question, _, sentence = rng.choice(doc.answered)
+        if all(sentence in c for c in doc.chunks):
+            continue
+        chunks = _context(rng, docs, doc, lambda c, s=sentence: s not in c, rng.choice(CONTEXT_SIZES))
+        rows.append(_example(question, chunks, ABSTAIN_PHRASE))
+        missed -= 1
+    rng.shuffle(rows)
+    return rows
+
+
+def _whole(rng: random.Random, docs: list[Document], doc: Document) -> list[tuple[str, str]]:
+    """The whole document as one passage (its chunks joined, overlaps removed), with one chunk of another."""
+    text = doc.chunks[0]
+    for chunk in doc.chunks[1:]:  # a chunk starts with the previous one's last sentence (the overlap) or not
+        shared = next((k for k in range(len(chunk), 0, -1) if text.endswith(chunk[:k])), 0)
+        text += chunk[shared:] if shared else " " + chunk
+    other = rng.choice([d for d in docs if d is not doc])
+    picked = [(doc.title, text), (other.title, rng.choice(other.chunks))]
+    rng.shuffle(picked)
+    return picked
 
 
 def _capital(name: str) -> str:

@@ -63,6 +63,11 @@ def date(r: random.Random) -> str:
     return f"{r.randint(1, 28)} {r.choice(MONTHS)}"
 
 
+def full_date(lo: int, hi: int) -> Callable[[random.Random], str]:
+    """A day with its year ("14 March 1871"): the answer is the whole date, not the day alone."""
+    return lambda r: f"{r.randint(1, 28)} {r.choice(MONTHS)} {r.randint(lo, hi)}"
+
+
 @dataclass(frozen=True)
 class Fact:
     sentence: str  # with {name} and slots
@@ -91,6 +96,8 @@ KINDS = {
          F("Its headquarters are in {town}, in a converted {building}.",
            {"town": pick(TOWNS), "building": pick(["warehouse", "textile mill", "railway depot", "brewery"])},
            ("Where are the headquarters of {name}?", "town"), ("In which town is {name} based?", "town")),
+         F("{name} was registered as a company on {registered}.", {"registered": full_date(1850, 2012)},
+           ("On what date was {name} registered as a company?", "registered")),
          F("The current chief executive is {ceo}, who took over in {year}.", {"ceo": person, "year": year(2005, 2024)},
            ("Who is the chief executive of {name}?", "ceo"), ("Who runs {name} today?", "ceo")),
          F("The company employs {staff} across {sites} sites.", {"staff": count(120, 9000, "people"),
@@ -138,6 +145,8 @@ KINDS = {
            ("What is the main industry of {name}?", "industry")),
          F("{name} is twinned with {twin}.", {"twin": pick(TOWNS)},
            ("Which town is {name} twinned with?", "twin")),
+         F("{name} received its town charter on {charter}.", {"charter": full_date(1200, 1890)},
+           ("When did {name} receive its town charter?", "charter")),
          F("Locals call it '{nick}' because of its {reason}.",
            {"nick": pick(["the Grey Town", "the Lantern", "Little Harbour", "the Hive", "the Kettle"]),
             "reason": pick(["slate roofs", "old lighthouse", "busy market", "many bakeries", "steam baths"])},
