@@ -17,6 +17,10 @@ retrieval at query time. None of it is about any example corpus (Veloria): it te
   copied from the chunk; a third of the rows decline: near misses (the subject's own chunks, silent on
   what is asked) and missed chunks (the answer in none of the chunks given). Measured in docs/reading.md.
 
+- `reader-mixed.jsonl`: a second trial set (not shipped, not yet trained: docs/reading.md): the short-passage
+  rows, retrieval-shaped chunks and whole invented documents as one passage (full dates with their year),
+  a fifth of the rows declining.
+
 Deterministic: `python specs/data/reading/generate.py`.
 """
 
@@ -40,7 +44,7 @@ NEAR_MISS_SHARE = 0.6  # ... of which near misses; the rest miss the answer's ch
 CONTEXT_SIZES = (2, 2, 3, 4)  # chunks per prompt (top_k)
 GENERIC_PER_DOCUMENT = 6  # look-alike sentences per document (worlds.GENERIC): ~160 words
 CHUNK_WORDS = 75  # about 100 embedder tokens (MiniLM: ~1.3 per word)
-# The builtin reader's rows (2026-12-01, second version): 60 answerable short-passage rows, `chunks` answerable
+# The mixed trial set (reader-mixed.jsonl): 60 answerable short-passage rows, `chunks` answerable
 # retrieval-shaped rows, `documents` answerable whole-document rows; declines: (near misses, missing passages)
 # over the short passages and (near misses, missed chunks) over the invented documents: 26 of 130, a fifth.
 READER_MIX = {"short_declines": (10, 4), "chunks": 28, "documents": 16, "chunk_declines": (8, 4)}
@@ -151,7 +155,7 @@ def _example(question: str, chunks: list[tuple[str, str]], answer: str) -> dict:
 
 def build_short(seed: int = 0, near_misses: int = 20, missing: int = 10) -> list[dict]:
     """Rows over the short PASSAGES: 60 answerable (2-4 passages), `near_misses` near misses and `missing` rows
-    whose passage is missing (the builtin reader's whole set until 2026-12-01: 20 and 10)."""
+    whose passage is missing (the builtin reader's set: 20 and 10)."""
     rng = random.Random(seed)
     others = lambda i, n: [(t, x) for t, x, _ in rng.sample([p for j, p in enumerate(PASSAGES) if j != i], n)]  # noqa: E731
     rows = []
@@ -171,13 +175,19 @@ def build_short(seed: int = 0, near_misses: int = 20, missing: int = 10) -> list
 
 
 def build_reader(seed: int = 0) -> list[dict]:
-    """The builtin reader's rows (READER_MIX): the short-passage rows, plus contexts shaped like retrieval's
+    """The builtin reader's rows: 60 answerable (2-4 passages), 20 near misses, 10 missing passages."""
+    return build_short(seed)
+
+
+def build_mixed(seed: int = 0) -> list[dict]:
+    """A trial set (`reader-mixed.jsonl`, READER_MIX; written, not yet trained: docs/reading.md): the short-passage
+    rows, plus contexts shaped like retrieval's
     (~100-token chunks of invented documents, two to four per prompt) and whole invented documents as one
     passage (what the gold-context ceiling reads), each with a copied answer; a fifth of all rows decline."""
     rng = random.Random(seed)
     docs = documents(seed)
     rows = build_short(seed, *READER_MIX["short_declines"])
-    for n in range(READER_MIX["chunks"]):
+    for _ in range(READER_MIX["chunks"]):
         doc, size = rng.choice(docs), rng.choice(CONTEXT_SIZES)
         question, answer, sentence = rng.choice(doc.answered)
         rows.append(_example(question, _context(rng, docs, doc, lambda c, s=sentence: s in c, size), answer))
@@ -321,6 +331,7 @@ if __name__ == "__main__":
     here = Path(__file__).resolve()
     for out, rows in ((here.with_name("train.jsonl"), build()),
                       (here.parents[3] / "components" / "resources" / "reader.jsonl", build_reader()),
-                      (here.with_name("reader-chunks.jsonl"), build_chunked())):
+                      (here.with_name("reader-chunks.jsonl"), build_chunked()),
+                      (here.with_name("reader-mixed.jsonl"), build_mixed())):
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {out} ({len(rows)} rows)")
