@@ -26,7 +26,7 @@ RECIPE = {
     "data": {"format": "chat", "eval_split": 0.1},
     "adapter": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "training": {"epochs": 2, "batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384, "seed": 0},
+    "training": {"epochs": 2, "batch_size": 4, "lr": 1.0e-3, "max_seq_len": 640, "seed": 0},  # whole documents
 }
 INJECTED = {"LORA", "ADALORA", "IA3", "LOHA", "LOKR"}  # peft types that share the base (adaptflow.system)
 

@@ -6,20 +6,20 @@ learns the behaviour (a short, exact answer taken from the context); the facts c
 retrieval at query time. None of it is about any example corpus (Veloria): it teaches reading.
 
 - `train.jsonl`: the `both` example's behavior data (specs/lore-assistant.yaml).
-- `components/resources/reader.jsonl`: the builtin reader (`knowledge.reader: builtin`), the same
-  answerable rows with two to four passages, plus abstentions: the question's passage is missing
-  (only distractors), or present but silent on what is asked (NEAR_MISSES); the answer is then
-  `ABSTAIN_PHRASE`, exactly as the prompt template asks.
+- `components/resources/reader.jsonl`: the builtin reader (`knowledge.reader: builtin`), the mixed set
+  (`build_mixed`, 130 rows): the short-passage rows (two to four passages, one relevant), retrieval-shaped
+  chunks and whole invented documents as one passage (full dates with their year), a fifth of the rows
+  declining: the question's passage missing, or present but silent on what is asked (NEAR_MISSES); the
+  answer is then `ABSTAIN_PHRASE`, exactly as the prompt template asks. Shipped on 2026-12-01 (measured in
+  docs/reading.md).
+- `reader-first.jsonl`: the first builtin reader set (`build_reader`, 90 rows: the short-passage rows plus
+  abstentions), kept to reproduce the earlier measurements (`bench/reader_loop.py --data`).
 
 - `reader-chunks.jsonl`: a trial set for the reader (not shipped; `bench/reader_loop.py --data`), written
   from invented documents (worlds.py) cut into sentence-aligned chunks of about 100 embedder tokens and
   put into the prompt as retrieval does (two to four chunks, the relevant one anywhere); answers are spans
   copied from the chunk; a third of the rows decline: near misses (the subject's own chunks, silent on
   what is asked) and missed chunks (the answer in none of the chunks given). Measured in docs/reading.md.
-
-- `reader-mixed.jsonl`: a second trial set (not shipped, not yet trained: docs/reading.md): the short-passage
-  rows, retrieval-shaped chunks and whole invented documents as one passage (full dates with their year),
-  a fifth of the rows declining.
 
 Deterministic: `python specs/data/reading/generate.py`.
 """
@@ -44,7 +44,7 @@ NEAR_MISS_SHARE = 0.6  # ... of which near misses; the rest miss the answer's ch
 CONTEXT_SIZES = (2, 2, 3, 4)  # chunks per prompt (top_k)
 GENERIC_PER_DOCUMENT = 6  # look-alike sentences per document (worlds.GENERIC): ~160 words
 CHUNK_WORDS = 75  # about 100 embedder tokens (MiniLM: ~1.3 per word)
-# The mixed trial set (reader-mixed.jsonl): 60 answerable short-passage rows, `chunks` answerable
+# The mixed set (components/resources/reader.jsonl): 60 answerable short-passage rows, `chunks` answerable
 # retrieval-shaped rows, `documents` answerable whole-document rows; declines: (near misses, missing passages)
 # over the short passages and (near misses, missed chunks) over the invented documents: 26 of 130, a fifth.
 READER_MIX = {"short_declines": (10, 4), "chunks": 28, "documents": 16, "chunk_declines": (8, 4)}
@@ -180,10 +180,10 @@ def build_reader(seed: int = 0) -> list[dict]:
 
 
 def build_mixed(seed: int = 0) -> list[dict]:
-    """A trial set (`reader-mixed.jsonl`, READER_MIX; written, not yet trained: docs/reading.md): the short-passage
-    rows, plus contexts shaped like retrieval's
-    (~100-token chunks of invented documents, two to four per prompt) and whole invented documents as one
-    passage (what the gold-context ceiling reads), each with a copied answer; a fifth of all rows decline."""
+    """The builtin reader set (`components/resources/reader.jsonl`, READER_MIX; docs/reading.md): the
+    short-passage rows, plus contexts shaped like retrieval's (~100-token chunks of invented documents,
+    two to four per prompt) and whole invented documents as one passage (what the gold-context ceiling
+    reads), each with a copied answer; a fifth of all rows decline."""
     rng = random.Random(seed)
     docs = documents(seed)
     rows = build_short(seed, *READER_MIX["short_declines"])
@@ -330,8 +330,8 @@ def build(seed: int = 0) -> list[dict]:
 if __name__ == "__main__":
     here = Path(__file__).resolve()
     for out, rows in ((here.with_name("train.jsonl"), build()),
-                      (here.parents[3] / "components" / "resources" / "reader.jsonl", build_reader()),
-                      (here.with_name("reader-chunks.jsonl"), build_chunked()),
-                      (here.with_name("reader-mixed.jsonl"), build_mixed())):
+                      (here.parents[3] / "components" / "resources" / "reader.jsonl", build_mixed()),
+                      (here.with_name("reader-first.jsonl"), build_reader()),
+                      (here.with_name("reader-chunks.jsonl"), build_chunked())):
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {out} ({len(rows)} rows)")
