@@ -24,13 +24,11 @@ import torch
 import yaml
 from peft import PeftModel
 from pydantic import ValidationError
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from components import accelerate_config, checkpoint, distributed
-from components.models import load_model, load_tokenizer, resolve_model
 from components.spec import TaskSpec
-from components.train import train
+from tests.components.test_distributed import adapter, max_diff, one_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TOLERANCE = 1e-5  # fp32, as for DDP (the issue's goal)
@@ -83,22 +81,6 @@ def task(model_dir: Path, data_file: Path, config: Path | None, method: str = "l
                          **dist, **training},
         },
     })
-
-
-def one_process(spec: TaskSpec, out: Path):
-    resolved = resolve_model(spec.base_model)
-    tokenizer = load_tokenizer(spec.base_model, resolved)
-    model = load_model(spec.base_model, resolved, device="cpu", precision="fp32")
-    return train(model, tokenizer, spec.behavior, out)
-
-
-def adapter(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "adapter" / "adapter_model.safetensors")
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 VERSIONS = {2: {}, 1: {"fsdp_version": 1, "fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_use_orig_params": True,
