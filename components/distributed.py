@@ -27,8 +27,10 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -205,8 +207,13 @@ def launcher_main(args: list[str]) -> None:
     launch_command(launch_command_parser().parse_args(args))
 
 
-def rank_main(job_file: str) -> None:
-    """One rank: join the process group, load the spec's model and data, run the training loop."""
+def rank_main(job_file: str) -> NoReturn:
+    """One rank: join the process group, load the spec's model and data, run the training loop.
+
+    The rank ends with os._exit, after its files are written and the process group is destroyed: a sharded model
+    keeps the gloo group alive (its device mesh holds it), and freeing it while the interpreter finalizes can
+    abort the process (SIGABRT, seen once in CI on an FSDP2 rank that had finished: gloo's worker threads hold
+    tensors whose release needs the GIL, torch PR 179291). What the rank wrote is fsynced; nothing else is lost."""
     die_with_parent(signal.SIGKILL)
     from accelerate import PartialState
 
@@ -215,16 +222,23 @@ def rank_main(job_file: str) -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
     job = json.loads(Path(job_file).read_text())
     out_dir = Path(job["out_dir"])
+    code = 0
     try:
         accelerator = sharding.accelerator_from_launch()  # FSDP from the accelerate config; None: DDP
         _train_rank(job, out_dir, state, accelerator)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - recorded, printed, and the exit code says it failed
         if state.is_main_process:
             _record_error(exc, out_dir)
-        raise
+        traceback.print_exc()
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        try:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
 
 def _train_rank(job: dict, out_dir: Path, state, accelerator) -> None:
