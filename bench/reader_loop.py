@@ -81,7 +81,7 @@ def settled(system, items, arm: str, rows: list[dict], gold) -> tuple[dict, list
     from components.data import render_prompt
     from components.evaluate import _score_row, arm_parts
     from components.metrics import aggregate
-    from components.prompting import with_context
+    from components.prompting import last_user_text, with_context
 
     context = arm_parts(arm)[1]
     if context == "gold":
@@ -90,13 +90,17 @@ def settled(system, items, arm: str, rows: list[dict], gold) -> tuple[dict, list
     else:
         contexts = [[(h.title, h.text) for h in system.retrieve(i.query)] for i in items]
     tok = system.handle.tokenizer
-    prompts = [render_prompt(tok, with_context(i.messages, c)) for i, c in zip(items, contexts, strict=True)]
+    read = [with_context(i.messages, c) for i, c in zip(items, contexts, strict=True)]
+    prompts = [render_prompt(tok, m) for m in read]
+    predictions = [r["prediction"] for r in rows]
     with system.using(use_adapter=True) as model:
-        found = margins(model, tok, prompts, [r["prediction"] for r in rows], score=system.abstention.score)
+        found = margins(model, tok, prompts, predictions, score=system.abstention.score)
+    backed = system.supports([last_user_text(m) for m in read], predictions)
     out = []
-    for item, row, m in zip(items, rows, found, strict=True):
-        new = _score_row(item, system.abstention.decide(row["prediction"], m), None)
-        out.append(new | {k: row[k] for k in ("retrieved", "has_gold") if k in row} | {"margin": round(m, 3)})
+    for item, row, m, b in zip(items, rows, found, backed, strict=True):
+        new = _score_row(item, system.abstention.decide(row["prediction"], m, b), None)
+        out.append(new | {k: row[k] for k in ("retrieved", "has_gold") if k in row}
+                   | {"margin": round(m, 3), "support": None if b is None else round(b, 3)})
     keys = ("exact_match", "answer_f1", "contains_answer", "abstain")
     return aggregate([{k: float(r[k]) for k in keys if k in r} for r in out]), out
 

@@ -497,12 +497,17 @@ def abstention_lines(report: dict) -> list[str]:
     a = report.get("abstention")
     if not a:
         return []
-    t = "none (the model's text alone scored best)" if a["threshold"] is None else f"{a['threshold']:+.3f}"
+    limits = []
+    if a["threshold"] is not None:
+        limits.append(f"log P(phrase) - log P(answer) ({a.get('score', 'sum')} over the tokens) > {a['threshold']:+.3f}")
+    if a.get("min_support") is not None:
+        limits.append(f"the context's support of the answer < {a['min_support']:.3f}")
+    rule = " or ".join(limits) if limits else "nothing more (the model's text alone scored best)"
     m = a["model_only"]
     return ["", f"Abstention calibrated on {a['questions']} held-out questions, each asked with the retrieved context "
-            "and with the gold documents removed: abstain when the reader says the phrase or log P(phrase) - "
-            f"log P(answer) ({a.get('score', 'sum')} over the tokens) > threshold {t}; answered right {a['answered_right']:.3f}, declined "
-            f"{a['declined']:.3f} (the model's text alone: {m['answered_right']:.3f}, {m['declined']:.3f})."]
+            f"and with the gold documents removed: abstain when the reader says the phrase or {rule}; answered right "
+            f"{a['answered_right']:.3f}, declined {a['declined']:.3f} (the model's text alone: {m['answered_right']:.3f}, "
+            f"{m['declined']:.3f})."]
 
 
 def tuning_lines(report: dict) -> list[str]:

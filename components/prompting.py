@@ -33,6 +33,23 @@ def with_context(messages: list[dict], chunks: list[tuple[str, str]]) -> list[di
     return out
 
 
+def split_context(user_text: str) -> tuple[list[tuple[str, str]], str] | None:
+    """The inverse of `with_context` on its last user message: ([(title, text), ...], question), or None when the
+    text is not in the template's shape. A title holding ": " keeps only its first part (the rest joins the text)."""
+    head = f"{CONTEXT_INSTRUCTION}\n\nContext:\n"
+    if not user_text.startswith(head) or "\n\nQuestion: " not in user_text:
+        return None
+    block, question = user_text[len(head):].rsplit("\n\nQuestion: ", 1)
+    chunks = []
+    for line in block.split("\n"):
+        number, _, rest = line.partition("] ")
+        if not number.startswith("[") or not rest:
+            return None
+        title, _, text = rest.partition(": ")
+        chunks.append((title, text))
+    return chunks, question
+
+
 def question_messages(question: str, system: str | None = None) -> list[dict]:
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": question}]

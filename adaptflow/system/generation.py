@@ -65,3 +65,4 @@ class Prepared:
     ids: list[int]
     citations: list[Citation]
     retrieval_ms: float = 0.0
+    user_text: str = ""  # the last user message as the model read it (context and question): the abstention reads it

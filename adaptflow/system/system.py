@@ -23,7 +23,7 @@ from adaptflow.system.generation import Prepared, PromptTooLong, eos_ids, genera
 from adaptflow.system.pool import attach_adapter, injected, peft_type, release_adapter, shared_base
 from adaptflow.system.stream import Stream
 from adaptflow.system.types import Answer, Citation, Usage
-from components.abstention import Abstention, margins
+from components.abstention import Abstention, Support, margins
 from components.precision import task_precision
 from components.prompting import format_context, last_user_text, question_messages, with_context
 from components.serving.embedding import batching
@@ -58,6 +58,7 @@ class System:
             self.top_k = self.retriever.info["retrieval"]["top_k"]  # the spec's, or the one tuning chose at index time
         self._private_model = self._prompt_model = None
         self.abstention = Abstention()  # the model's text alone, until calibrated (components.abstention)
+        self._support: Support | None = None  # built on first use from the index's chunks
         lane = peft_type(Path(adapter_dir)) if injected(self.method) else None
         self.handle = shared_base(spec.base_model, lane, precision=task_precision(spec))
         if self.method is not None:
@@ -130,23 +131,37 @@ class System:
                                        temperature=temperature, top_p=top_p, on_batch=on_batch)
                 if not (abstention and use and self._calibrated(batch)):
                     return texts
-                found = margins(model, tok, prompts, texts, score=self.abstention.score)
-        return [self.abstention.decide(t, m) for t, m in zip(texts, found, strict=True)]
+                found = (margins(model, tok, prompts, texts, score=self.abstention.score)
+                         if self.abstention.threshold is not None else [None] * len(texts))
+        backed = self.supports([last_user_text(m) for m in batch], texts)
+        return [self.abstention.decide(t, m, b) for t, m, b in zip(texts, found, backed, strict=True)]
 
     def _calibrated(self, batch: list[list[dict]]) -> bool:
         """A calibrated abstention applies to answers read from context (the prompt template's, with chunks)."""
         from components.prompting import CONTEXT_INSTRUCTION
 
-        return self.abstention.threshold is not None and all(
-            CONTEXT_INSTRUCTION in last_user_text(m) for m in batch)
+        return self.abstention.calibrated and all(CONTEXT_INSTRUCTION in last_user_text(m) for m in batch)
+
+    def supports(self, user_texts: list[str], answers: list[str]) -> list[float | None]:
+        """The context's support of each answer (components.abstention.Support, IDF over this index's chunks);
+        None where the user message is not the context template's or there is no index."""
+        if self.retriever is None:
+            return [None] * len(answers)
+        if self._support is None:
+            rows = self.retriever.rows.values()
+            self._support = Support([f"{r['title']}\n{r['text']}" for r in rows])
+        return [self._support.of_prompt(u, a) for u, a in zip(user_texts, answers, strict=True)]
 
     def settle(self, prepared: Prepared, text: str, use_adapter: bool = True) -> str:
         """The answer as the system gives it: the calibrated abstention applied to a finished reply (query, chat)."""
         if not self.settles(prepared, use_adapter):
             return text
-        with self.using(use_adapter=True) as model:
-            margin = margins(model, self.handle.tokenizer, [prepared.ids], [text.strip()], score=self.abstention.score)[0]
-        return self.abstention.decide(text, margin)
+        margin = None
+        if self.abstention.threshold is not None:
+            with self.using(use_adapter=True) as model:
+                margin = margins(model, self.handle.tokenizer, [prepared.ids], [text.strip()],
+                                 score=self.abstention.score)[0]
+        return self.abstention.decide(text, margin, self.supports([prepared.user_text], [text.strip()])[0])
 
     def _hits(self, question: str, use_retrieval: bool, top_k: int | None) -> tuple[list, float]:
         start = time.perf_counter()
@@ -158,8 +173,9 @@ class System:
         from components.data import render_prompt
 
         hits, took = self._hits(last_user_text(_checked_messages(messages)), use_retrieval, top_k)
-        prompt = render_prompt(self.handle.tokenizer, with_context(messages, [(h.title, h.text) for h in hits]))
-        return Prepared(self._encode(prompt), _citations(hits), took)
+        read = with_context(messages, [(h.title, h.text) for h in hits])
+        return Prepared(self._encode(render_prompt(self.handle.tokenizer, read)), _citations(hits), took,
+                        last_user_text(read))
 
     def prepare_text(self, prompt: str, *, use_retrieval: bool = False, top_k: int | None = None) -> Prepared:
         """A raw completion prompt (no chat template); retrieved chunks, if asked for, go before it."""
@@ -244,7 +260,7 @@ class System:
 
     def settles(self, prepared: Prepared, use_adapter: bool = True) -> bool:
         """True when `settle` may replace this prompt's answer (a stream then gives it whole, at the end)."""
-        return self.abstention.threshold is not None and bool(prepared.citations) and bool(use_adapter and self.method)
+        return self.abstention.calibrated and bool(prepared.citations) and bool(use_adapter and self.method)
 
 
 def _ms(seconds: float) -> float:

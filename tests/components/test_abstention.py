@@ -9,11 +9,17 @@ from pathlib import Path
 import pytest
 
 from adaptflow.system import System
-from components.abstention import Abstention, calibrate, margins, response_logprobs
+from components.abstention import Abstention, Support, calibrate, margins, response_logprobs, terms
 from components.evalset import EvalDataError, is_held_out, question_key
 from components.evaluate import abstain_mode, evaluate, load_eval_items
 from components.metrics import abstained
-from components.prompting import ABSTAIN_PHRASE, with_context
+from components.prompting import (
+    ABSTAIN_PHRASE,
+    last_user_text,
+    question_messages,
+    split_context,
+    with_context,
+)
 from components.spec import TaskSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,6 +63,50 @@ def test_the_decision_only_adds_abstentions():
     assert Abstention.from_record({"mode": "calibrated", "threshold": -2.0}) == calibrated
     assert Abstention.from_record({"mode": "calibrated", "threshold": -2.0, "score": "mean"}).score == "mean"
     assert Abstention.from_record(None) == Abstention()
+
+
+def test_support_is_the_question_the_context_around_the_answer_speaks_to():
+    chunks = [(name.removesuffix(".md").title(), text) for name, text in DOCS.items()]
+    support = Support([f"{title}\n{text}" for title, text in chunks])
+    assert terms("What colour is the harbor light?") == {"colour", "harbor", "light"}
+    assert terms("How many piers opened?") == {"pier", "open"}  # question frames and stop words out, stemmed
+    # the answer's own sentence carries every question term: full support
+    assert support.score("When did the Pellin harbor open?", "1871", chunks) == pytest.approx(1.0)
+    # a span from a sentence about something else: the question's terms are not around it
+    wrong = support.score("When did the Pellin harbor open?", "1952", chunks)
+    assert wrong < 0.2
+    # an on-topic span for a question the documents never answer: "mayor" is in no chunk, so it weighs most
+    mayor = support.score("Who is the mayor of Pellin?", "nine", chunks)
+    assert 0 < mayor < 0.5
+    assert support.idf("mayor") > support.idf("harbor") > 0
+    # words the context does not hold: no support; the previous sentence and the title count ("Its light")
+    assert support.score("When did the Pellin harbor open?", "1066", chunks) == 0.0
+    idf = {w: support.idf(w) for w in ("colour", "harbor", "light")}  # "colour" is in no chunk: it weighs most
+    assert support.score("What colour is the harbor light?", "red", chunks) == pytest.approx(
+        (idf["harbor"] + idf["light"]) / sum(idf.values()))  # "harbor" from the sentence before and the title
+    assert support.score("What colour is the harbor light?", "red", [("Notes", "Its light is red.")]) == pytest.approx(
+        idf["light"] / sum(idf.values()))
+    # the served path reads the same numbers from the prompt the model saw
+    text = last_user_text(with_context(question_messages("When did the Pellin harbor open?"), chunks))
+    assert split_context(text) == ([(t, " ".join(x.split())) for t, x in chunks], "When did the Pellin harbor open?")
+    assert support.of_prompt(text, "1871") == pytest.approx(1.0)
+    assert support.of_prompt("When did the Pellin harbor open?", "1871") is None  # no context: no support rule
+
+
+def test_margin_and_support_are_calibrated_together_and_ties_use_fewer_limits():
+    # answerable: (margin, said, right, support); declinable: (margin, said, support). The margins do not separate
+    # the two kinds; the supports do.
+    answerable = [(-2.0, False, True, 0.9), (-1.0, False, True, 0.8), (-3.0, False, False, 0.1)]
+    declinable = [(-2.5, False, 0.2), (-1.5, False, 0.05), (0.0, True, 0.0)]
+    record = calibrate(answerable, declinable)
+    assert record["threshold"] is None and record["min_support"] == 0.5  # the support alone: one limit suffices
+    assert (record["answered_right"], record["declined"]) == (round(2 / 3, 4), 1.0)
+    assert calibrate(answerable, [(-2.5, False), (-1.5, False)])["min_support"] is None  # no supports: margin only
+    rule = Abstention(threshold=None, min_support=0.5)
+    assert rule.calibrated and not Abstention().calibrated
+    assert rule.decide("1952", -9.0, 0.2) == ABSTAIN_PHRASE and rule.decide("1871", 9.0, 0.9) == "1871"
+    assert rule.decide("1952", -9.0, None) == "1952"  # no context to check: the model's text
+    assert Abstention.from_record({"mode": "calibrated", "threshold": None, "min_support": 0.5}) == rule
 
 
 def test_response_logprobs_are_the_sequence_probability_batched_or_not(tiny_llama_dir, tokenizer):
