@@ -38,6 +38,9 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
         out["behavior.train"] = path_digest(spec.behavior.data.train)
         if spec.behavior.data.eval is not None:
             out["behavior.eval"] = path_digest(spec.behavior.data.eval)
+        dist = spec.behavior.training.distributed
+        if dist is not None and dist.config is not None:  # an edited accelerate config (FSDP settings) retrains
+            out["behavior.training.distributed.config"] = path_digest(dist.config)
     if spec.knowledge is not None:
         out["knowledge.documents"] = path_digest(spec.knowledge.documents)
         if spec.knowledge.finetune.data is not None:
