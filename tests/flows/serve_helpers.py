@@ -22,6 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STARTUP_S = 300  # seconds for `serve` to load its systems: a few on a quiet machine, far more on a loaded one
+
+
 @contextlib.contextmanager
 def running_server(registry: Path, log: Path, *flags: str) -> Iterator[str]:
     """`python -m flows.cli serve --port P [flags]` on `registry`; yields its base URL, then stops it."""
@@ -32,7 +35,7 @@ def running_server(registry: Path, log: Path, *flags: str) -> Iterator[str]:
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + STARTUP_S
         while True:
             assert proc.poll() is None, f"adaptflow serve exited:\n{log.read_text()}"
             try:
@@ -40,7 +43,7 @@ def running_server(registry: Path, log: Path, *flags: str) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"no /health within 120 s:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no /health within {STARTUP_S} s:\n{log.read_text()}"
             time.sleep(0.3)
         yield url
     finally:
