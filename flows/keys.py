@@ -151,8 +151,8 @@ def stage_keys(spec: TaskSpec) -> dict[str, str]:
     from adaptflow.inject import trainee
 
     decision = cached_route(spec)
+    out: dict[str, str] = {"probe": probe_key(spec)} if wants_probe(spec) else {}
     spec = trainee(spec)  # knowledge.inject finetune/both: the documents as training data
-    out: dict[str, str] = {}
     if decision.behavior:
         out["train"] = train_key(spec)
     if decision.knowledge:

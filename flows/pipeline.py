@@ -217,9 +217,10 @@ def _stage_folder(trained: Trained | None, indexed: Indexed | None, evaluated: E
 @task(name="publish", cache_policy=NONE)
 def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained | None, indexed: Indexed | None,
             evaluated: Evaluated, aliases: list[str] | None = None, extra: dict | None = None,
-            reader: Trained | None = None) -> Version:
+            reader: Trained | None = None, probe_key: str | None = None) -> Version:
     """Register the stages' outputs as `spec.name`; `aliases` default to latest + promote_to (the registry moves
-    them only as far as `gates` allow), `extra` joins the manifest."""
+    them only as far as `gates` allow), `extra` joins the manifest. `probe_key`: the measured route's probe stage
+    (goal: auto), recorded with the other stage keys."""
     from components.models import resolve_model
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-stage-"))
@@ -231,7 +232,8 @@ def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained
             gates=gates,
         )
         manifest["volatile"] = volatile | _machine_facts(manifest)
-        manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, reader, evaluated) if s}
+        manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, reader, evaluated) if s} | (
+            {"probe": probe_key} if probe_key else {})
         manifest |= extra or {}
         aliases = aliases or ["latest", spec.evaluation.promote_to if spec.evaluation else "production"]
         return Registry().publish(spec.name, staging, manifest, aliases=aliases)
@@ -259,7 +261,8 @@ def adapt(spec_path: str, workspace: str | None = None, processes: int | None = 
         artifacts.end_run_progress()
     gates = check_gates(spec, evaluated)
     version = publish(spec, decision, gates, trained or shipped_reader(evaluated, reader), indexed, evaluated,
-                      reader=reader, extra={"route_probe": evidence} if evidence else None)
+                      reader=reader, extra={"route_probe": evidence} if evidence else None,
+                      probe_key=keys.probe_key(spec) if evidence else None)  # the key measured_route ran
     stages = [s for s in (trained, indexed, reader, evaluated) if s]
     artifacts.publish_run_summary(spec, decision, version, gates, evaluated.report(), stages)
     line = result_line(version, gates)

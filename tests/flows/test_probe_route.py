@@ -73,6 +73,11 @@ def test_auto_spec_probes_the_base_records_the_evidence_and_caches_the_probe(pre
         assert f"| {arm} | {numbers[evidence['strict_metric']]:.3f} | {numbers['contains_answer']:.3f} |" in summary
     probes = list((isolated / "stages" / "probe").glob("*/probe.json"))
     assert len(probes) == 1 and json.loads(probes[0].read_text()) == evidence
+    # the probe is one of the version's stages: its key is recorded, and a second run is found up to date
+    from flows import keys
+
+    assert version.manifest["stage_keys"]["probe"] == probes[0].parent.name == keys.stage_keys(spec)["probe"]
+    assert keys.up_to_date(spec, Registry()).ref == version.ref
     stamp = probes[0].stat().st_mtime_ns
 
     assert adapt(str(spec_path)) == ref  # unchanged: the probe is reused, nothing new registered
