@@ -7,7 +7,7 @@ The spec is `specs/lore-knowledge.yaml` without `chunking` and `top_k` (the "lor
 docs/reading.md), so the index tunes its settings on the held-out half and the arms are scored on the
 other half, exactly as `adaptflow run` does, with the same components (build_index, train_reader,
 System, score_arm, add_losses). What `adaptflow run` adds (Prefect, the registry, forgetting, latency)
-is left out. The index is built once under --cache; the reader is trained into --out/reader unless
+is left out. The index is built once under --cache (per index stage key); the reader is trained into --out/reader unless
 --out/reader/adapter exists (delete it to retrain). Prints one JSON line per arm and writes
 --out/rows.json with every prediction.
 """
@@ -37,10 +37,12 @@ def defaults_spec(out: Path):
 
 
 def index_for(spec, cache: Path) -> Path:
-    from flows.keys import tune_rows
+    """The index under --cache, in a folder named by its stage key (the spec's knowledge settings, the held-out
+    rows and the vectorstore code, tuning rule included): a changed rule builds a new one, never reads a stale one."""
+    from flows.keys import index_key, tune_rows
     from vectorstore import build_index
 
-    where = cache / "index"
+    where = cache / f"index-{index_key(spec)[:16]}"
     if not (where / "index.json").exists():
         build_index(spec.knowledge, where, tune_rows=tune_rows(spec))
     return where
