@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results.json"
 BENCHES = ["cached_load", "faiss_bench", "adapter_swap", "qlora_memory", "train_speed", "pipeline", "s3_publish", "embed_dask",
-           "serve_load", "ddp", "compare_parallel"]
+           "serve_load", "ddp", "compare_parallel", "prompt_decode"]
 GOALS = {
     "train_tokens_per_s_ratio": (">=", 1.5), "qlora_weight_memory_ratio": ("<=", 0.35),
     "qlora_peak_rss_ratio": ("<=", 0.7), "cached_load_speedup": (">=", 10), "rerun_wall_ratio": ("<=", 0.05),

@@ -67,7 +67,7 @@ def attach_adapter(handle: BaseHandle, spec: TaskSpec, method: str, adapter_dir:
             own = load_model(spec.base_model, handle.resolved, precision=task_precision(spec))
             model = load_adapter(own, adapter_dir).eval()
             if spec.behavior is not None and soft_prompt(spec.behavior.adapter):
-                return Attached(prompt_model=model)  # generated as prompt learning is (no shared KV cache)
+                return Attached(prompt_model=model)  # generated as prompt learning is (decoded alone)
             return Attached(private_model=model)
         name = adapter_digest(adapter_dir)
         if handle.peft is None:

@@ -193,11 +193,17 @@ class System:
         if use and self._private_model is not None:
             return Route(("private", id(self)), lambda: (self._private_model, contextlib.nullcontext()))
         if use and self._prompt_model is not None:
-            return Route(("prompt", id(self)), lambda: self._model_for(True), cached=False)
+            return Route(("prompt", id(self)), lambda: self._model_for(True), decoder=self._prompt_decoder)
         if self._mixable(use):
             return Route(("lora", id(handle)), lambda: (handle.peft, contextlib.nullcontext()),
                          adapter=self.adapter_name if use else "__base__")
         return Route(("adapter", id(handle), self.adapter_name if use else None), lambda: self._model_for(use))
+
+    def _prompt_decoder(self):
+        """The model under the soft prompt (a hybrid's low-rank part included), for decoding steps whose KV
+        cache already holds the virtual tokens or the prefix."""
+        model, ctx = self._model_for(True)
+        return model.get_base_model(), ctx
 
     def _mixable(self, use_adapter: bool) -> bool:
         """peft mixes LoRA adapters per row (`adapter_names=`), but not DoRA and not other tuner types."""

@@ -21,6 +21,7 @@ from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, TaskSpec
 from components.train import train
+from tests.conftest import make_tiny_llama
 
 ADAPTERS = TypeAdapter(AdapterSpec)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,6 +121,25 @@ def test_hybrid_registers_and_serves_from_the_registry(trained, base_dir, tokeni
     tuned, plain = system.generate(messages), system.generate(messages, use_adapter=False)
     direct = System("direct", spec, adapter_dir, None).generate(messages)
     assert tuned == direct and isinstance(plain[0], str)
+
+
+def test_served_soft_prompt_hybrid_decodes_on_its_cache_as_whole_passes_do(tokenizer, tmp_path):
+    """The engine's prompt-learning path (peft prefill, then the LoRA-carrying model under the soft prompt with
+    the cache) gives each step the log-probability of a whole cache-free pass through the hybrid."""
+    from components.serving.sampling import SamplingParams
+    from tests.components.test_system import cacheless_greedy, dedicated, make_adapter, task_spec
+
+    folder = tmp_path / "base"  # a base of its own (random adapter weights: a trained one says <|im_end|> at once)
+    make_tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    spec = task_spec(folder, {"method": "hybrid", "parts": HYBRIDS["prompt+lora"]}, "hyb")
+    adapter_dir = make_adapter(tokenizer, spec, 5, tmp_path / "adapter")
+    system = System("hyb-served", spec, adapter_dir, None)
+    prepared = system.prepare_chat([{"role": "user", "content": "Is 4 even?"}])
+    done = system.complete(prepared, SamplingParams(8, logprobs=True))
+    tokens, logprobs = cacheless_greedy(dedicated(spec, adapter_dir), prepared.ids, 8)
+    assert len(done.token_ids) >= 3 and done.token_ids == tokens[:len(done.token_ids)]
+    assert [c.logprob for c in done.logprobs] == pytest.approx(logprobs[:len(done.token_ids)], abs=1e-4)
 
 
 def test_strict_spec_names_the_mix_and_what_can_train():

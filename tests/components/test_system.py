@@ -238,3 +238,45 @@ def test_stream_hands_a_generation_error_to_the_reader(systems):
     with pytest.raises(RuntimeError, match="boom"):
         "".join(stream)  # raised here, not lost on the engine thread (and the reader does not hang)
     assert system.query(QUESTIONS[0]).answer is not None
+
+
+def cacheless_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log-probabilities by whole forward passes without a KV cache: what any cached
+    decoding must reproduce."""
+    seq, logprobs = torch.tensor([ids]), []
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0, -1].float()
+            nxt = logits.argmax()
+            logprobs.append(torch.log_softmax(logits, -1)[nxt].item())
+            seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
+    return seq[0, len(ids):].tolist(), logprobs
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_prompt_learning_decodes_on_its_kv_cache_and_answers_as_whole_passes_do(tokenizer, tmp_path, method):
+    """The prefill goes through peft (virtual tokens / prefix into the cache), every later step is one token,
+    and each step's log-probability is the one a whole pass over virtual tokens + prompt + answer gives."""
+    from components.serving.sampling import SamplingParams
+
+    folder = tmp_path / "base"  # a base of its own: no LoRA lane injected into it by other tests
+    make_tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    spec = task_spec(folder, {"method": method, "num_virtual_tokens": 3}, method.replace("_", "-"))
+    adapter_dir = make_adapter(tokenizer, spec, 11, tmp_path / "adapter")
+    system = System(f"{spec.name}@v1", spec, adapter_dir, None)
+    widths: list[int] = []
+    hook = system.handle.model.get_input_embeddings().register_forward_pre_hook(
+        lambda _m, args: widths.append(args[0].shape[-1]))
+    prepared = system.prepare_chat([{"role": "user", "content": QUESTIONS[0]}])
+    try:
+        done = system.complete(prepared, SamplingParams(12, logprobs=True))
+    finally:
+        hook.remove()
+    tokens, logprobs = cacheless_greedy(dedicated(spec, adapter_dir), prepared.ids, 12)
+    got = done.token_ids
+    assert len(got) >= 3 and got == tokens[:len(got)] and (len(got) == 12 or done.finish_reason == "stop")
+    assert [c.logprob for c in done.logprobs] == pytest.approx(logprobs[:len(got)], abs=1e-4)
+    _, plain = cacheless_greedy(dedicated(spec, None), prepared.ids, 12)
+    assert logprobs != pytest.approx(plain, abs=1e-3)  # the adapter changes every step, so the match shows something
+    assert widths[0] == len(prepared.ids) and set(widths[1:]) == {1}, widths  # one token per decoding step
