@@ -44,7 +44,7 @@ def reader_behavior(data: Path | None = None) -> BehaviorSpec:
 def reader_mode(spec: TaskSpec) -> str | None:
     """What reads the retrieved context: None, 'builtin' or 'NAME@REF' (with `auto` resolved).
 
-    A spec with a behavior section has its own adapter, which does the reading (spec.py refuses an
+    A spec with a behavior section has its own adapter, which does the reading (components/spec/task.py refuses an
     explicit reader there)."""
     if spec.knowledge is None or spec.behavior is not None:
         return None

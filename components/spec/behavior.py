@@ -1,0 +1,109 @@
+"""The `behavior:` section: its data, its training settings (and distributed training), and the
+section itself, which holds an adapter method (components.spec.methods)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.spec.base import MAX_SEQ_LEN, MAX_STEPS, SpecPath, Strict
+from components.spec.methods import NO_CHECKPOINTING, AdapterSpec, LoraSpec
+
+# --- behavior: data, training (its adapter methods: components.spec.methods) -----------------
+
+
+class BehaviorDataSpec(Strict):
+    train: SpecPath
+    eval: SpecPath | None = None
+    format: Literal["chat", "instruction", "completion"] = "chat"
+    eval_split: float = Field(0.1, ge=0.0, lt=0.9, description="held out of train when `eval` is not given")
+    over_length: Literal["truncate", "drop", "error"] = "truncate"
+
+
+class DistributedSpec(Strict):
+    processes: int = Field(
+        1, ge=1, le=4096, description="training processes (ranks) that `accelerate launch` starts around the same "
+        "loop: gloo on CPU, NCCL on GPUs (one GPU per process); the global batch stays batch_size x grad_accum"
+    )
+    config: SpecPath | None = Field(
+        None, description="an accelerate config file (`accelerate config`): machines, ranks, main process address, "
+        "distributed_type MULTI_GPU (DDP) or FSDP; passed to `accelerate launch --config_file` as is (docs/scale.md)"
+    )
+
+    @model_validator(mode="after")
+    def _config_runs(self) -> DistributedSpec:
+        from components.accelerate_config import check
+
+        check(self.config)
+        return self
+
+
+class TrainingSpec(Strict):
+    epochs: float = Field(2, gt=0, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1, le=65_536)
+    grad_accum: int = Field(1, ge=1, le=65_536)
+    lr: float = Field(2.0e-4, gt=0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0, le=10.0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_seq_len: int = Field(512, ge=8, le=MAX_SEQ_LEN)
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)
+    eval_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps; default: once per epoch")
+    checkpoint_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps; default: max(10, total/5)")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
+    packing: bool = Field(
+        False, description="pack examples into max_seq_len rows; default groups by length (measured faster here)"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="compute dtype of the frozen base and autocast: auto = bf16 on a GPU that supports it, "
+        "else fp16; fp32 on CPU. Trainable weights stay fp32. Evaluation and serving use the same policy"
+    )
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto", description="recompute activations in backward (non-reentrant): ~0.75x speed for a fraction of "
+        "the activation memory; auto = on when the activation estimate is over 25% of the device's memory, or "
+        "over the weights' memory on a quantized base (docs/memory.md)"
+    )
+    distributed: DistributedSpec | None = Field(
+        None, description="train on several processes through accelerate; default: one process (docs/scale.md)"
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainingSpec:
+        n = self.distributed.processes if self.distributed else 1
+        if self.batch_size % n:
+            fits = ", ".join(str(k) for k in range(1, self.batch_size + 1) if self.batch_size % k == 0)
+            raise ValueError(
+                f"training.batch_size ({self.batch_size}) does not split over training.distributed.processes ({n}): "
+                f"every micro-batch of {self.batch_size} examples is shared evenly between the processes, so that the "
+                f"global batch (batch_size x grad_accum = {self.batch_size * self.grad_accum}) stays what the spec says; "
+                f"set batch_size to a multiple of {n} (e.g. {self.batch_size + n - self.batch_size % n}) or processes "
+                f"to one of {fits}"
+            )
+        return self
+
+
+class BehaviorSpec(Strict):
+    data: BehaviorDataSpec
+    adapter: AdapterSpec = LoraSpec()
+    training: TrainingSpec = TrainingSpec()
+
+    @model_validator(mode="after")
+    def _prefix_tuning_cannot_checkpoint(self) -> BehaviorSpec:
+        if self.adapter.method in NO_CHECKPOINTING and self.training.gradient_checkpointing is True:
+            raise ValueError(
+                f"training.gradient_checkpointing is true but adapter.method is '{self.adapter.method}', whose prefix "
+                "travels as the KV cache that checkpointed layers drop; set `gradient_checkpointing: false` (or auto), "
+                "or use prompt_tuning / p_tuning, which checkpoint"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _accelerate_config_runs(self) -> BehaviorSpec:
+        from components.accelerate_config import problem
+
+        dist = self.training.distributed
+        if dist is not None and (why := problem(dist.config, self.adapter.method)):
+            raise ValueError(why)
+        return self

@@ -1,0 +1,52 @@
+"""The `base_model:` section: which model to adapt, its pin when it runs remote code, its quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from components.remote_code import RemoteCodeError, check_pin
+from components.spec.base import BUILTIN_MODEL, Strict, _local_folder
+
+# --- base model --------------------------------------------------------------------------
+
+
+class QuantizationSpec(Strict):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class BaseModelSpec(Strict):
+    id: str = Field(BUILTIN_MODEL, description="built-in alias, Hugging Face id, or a local folder (relative to the spec)")
+    revision: str | None = Field(
+        None, description="with trust_remote_code: a full 40-hex commit, or for a local folder the sha256 of its "
+        "*.py files (python -m components.remote_code FOLDER)"
+    )
+    trust_remote_code: bool = False
+    quantization: QuantizationSpec | None = None
+    allow_outside_workspace: bool = Field(
+        False, description="let `id` be a local folder outside the workspace (recorded by its weights hash)"
+    )
+
+    @model_validator(mode="after")
+    def _resolve_and_pin(self, info: ValidationInfo) -> BaseModelSpec:
+        if self.id != BUILTIN_MODEL:  # frozen model: the resolved folder replaces the id as written
+            resolved = _local_folder(self.id, "base_model.id", "base_model.allow_outside_workspace",
+                                     self.allow_outside_workspace, info)
+            object.__setattr__(self, "id", resolved)
+        if self.trust_remote_code:
+            if not self.revision:
+                raise ValueError(
+                    "trust_remote_code is true but revision is missing; pin a commit with `revision: <sha>` "
+                    "(all 40 hex digits; for a local folder the sha256 of its *.py files) so the code that runs is "
+                    "the code you reviewed"
+                )
+            local = Path(self.id).expanduser() if Path(self.id).expanduser().is_dir() else None  # as resolve_model
+            try:
+                check_pin(self.id, local, self.revision)
+            except RemoteCodeError as exc:
+                raise ValueError(str(exc)) from None
+        return self
