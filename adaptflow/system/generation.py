@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from adaptflow.system.types import Citation
 
-__all__ = ["Prepared", "PromptTooLong", "eos_ids", "generate_texts", "sampling_kwargs"]
+__all__ = ["Prepared", "PromptTooLong", "eos_ids", "generate_texts", "sampling_kwargs", "soft_prompt_prefill"]
 
 
 def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0) -> dict:
@@ -66,3 +66,30 @@ class Prepared:
     citations: list[Citation]
     retrieval_ms: float = 0.0
     user_text: str = ""  # the last user message as the model read it (context and question): the abstention reads it
+
+
+def soft_prompt_prefill(model, ids, mask):
+    """Prefill left-padded rows of one prompt-learning system (a PeftModel; a hybrid's outer one) by hand, not
+    through peft's forward, which puts the virtual tokens before the padding and drops position ids. Here each
+    row is [virtual tokens or prefix][its padding][its tokens] with explicit positions, so the rows batch, and
+    their caches merge and decode one token per step on `model.get_base_model()` like any other rows.
+
+    Returns (last logits per row, the KV cache, the attention mask over the cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    config = model.active_peft_config
+    n, virtual = ids.shape[0], config.num_virtual_tokens
+    full = torch.cat([mask.new_ones(n, virtual), mask], dim=1)
+    positions = (full.cumsum(-1) - 1).clamp(min=0)
+    base = model.get_base_model()
+    if config.peft_type == "PREFIX_TUNING":  # the prefix is the cache's first `virtual` positions
+        cache = model.get_prompt(batch_size=n)
+        out = base(input_ids=ids, attention_mask=full, position_ids=positions[:, virtual:], cache=cache, use_cache=True)
+    else:  # prompt tuning, p-tuning: the virtual tokens are input embeddings before the row's own
+        embeds = model.word_embeddings(ids)
+        prompts = model.get_prompt(batch_size=n).to(embeds.dtype)
+        cache = DynamicCache()
+        out = base(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=full, position_ids=positions,
+                   cache=cache, use_cache=True)
+    return out.logits[:, -1].float().cpu(), cache, full.cpu()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from adaptflow.system.generation import Prepared, PromptTooLong, eos_ids, generate_texts
+from adaptflow.system.generation import Prepared, PromptTooLong, eos_ids, generate_texts, soft_prompt_prefill
 from adaptflow.system.pool import attach_adapter, injected, peft_type, release_adapter, shared_base
 from adaptflow.system.stream import Stream
 from adaptflow.system.types import Answer, Citation, Usage
@@ -193,7 +193,8 @@ class System:
         if use and self._private_model is not None:
             return Route(("private", id(self)), lambda: (self._private_model, contextlib.nullcontext()))
         if use and self._prompt_model is not None:
-            return Route(("prompt", id(self)), lambda: self._model_for(True), decoder=self._prompt_decoder)
+            return Route(("prompt", id(self)), lambda: self._model_for(True), decoder=self._prompt_decoder,
+                         prefill=soft_prompt_prefill)
         if self._mixable(use):
             return Route(("lora", id(handle)), lambda: (handle.peft, contextlib.nullcontext()),
                          adapter=self.adapter_name if use else "__base__")

@@ -8,9 +8,9 @@ One scheduler thread per base copy owns its forward passes. Each loop it
 
 Rows whose routes share a key share forward passes: LoRA systems on one base share the key of the base
 and pick their adapter per row through peft's `adapter_names=` ("__base__" for no adapter); other
-adapter types batch per adapter; prompt-learning systems decode alone: their prefill goes through
-peft (the virtual tokens or the prefix enter the KV cache there) and their decoding steps through the
-model under it, with that cache. A failing forward pass is retried row by row, so one bad
+adapter types batch per adapter; rows of one prompt-learning system batch together: their route's
+`prefill` puts the virtual tokens (or the prefix) into the KV cache before each row's padding, and their
+decoding steps run on the model under the soft prompt with that cache. A failing forward pass is retried row by row, so one bad
 request fails alone. Cancelled and timed-out rows leave the batch at the next step.
 """
 
@@ -91,15 +91,10 @@ class Route:
     key: tuple
     model: Callable[[], tuple[object, contextlib.AbstractContextManager]]
     adapter: str | None = None  # the row's entry in peft's adapter_names (mixed LoRA batches)
-    # prompt learning: the model that decodes after a prefill through `model()` left the virtual tokens (or the
-    # prefix) in the KV cache. Its rows go alone: peft ignores position ids, so left padding would shift them.
+    # prompt learning: prefill(model(), ids, mask) -> (last logits, cache, mask) fills the cache with the virtual
+    # tokens (or the prefix) and the rows' tokens; `decoder()` is the model that decodes on that cache
+    prefill: Callable[[object, torch.Tensor, torch.Tensor], tuple] | None = None
     decoder: Callable[[], tuple[object, contextlib.AbstractContextManager]] | None = None
-
-
-def _cache_of(out) -> DynamicCache:
-    """The KV cache a forward pass returned (`cache` since transformers 5.x renamed `past_key_values`)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 @dataclass
@@ -301,7 +296,7 @@ class Engine:
         admitted = self._admitted = self._admit()
         by_key: dict[tuple, list[Row]] = {}
         for row in admitted:
-            key = row.route.key if row.route.decoder is None and not row.solo else (id(row),)
+            key = row.route.key if not row.solo else (id(row),)
             by_key.setdefault(key, []).append(row)
         for key, rows in by_key.items():
             self._prefill(key, rows)
@@ -342,23 +337,19 @@ class Engine:
         return True
 
     def _forward(self, route: Route, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor,
-                 positions: torch.Tensor | None, cache: DynamicCache | None, decoding: bool = False):
-        """The last position's logits, and the KV cache (filled in place, or the one a prompt prefill made)."""
-        extra: dict = {"use_cache": True}
+                 positions: torch.Tensor, cache: DynamicCache, decoding: bool = False) -> torch.Tensor:
+        """The last position's logits; `cache` is filled in place."""
+        extra: dict = {"cache": cache, "use_cache": True}
         if route.adapter is not None:
             extra["adapter_names"] = [r.route.adapter for r in rows]
-        if cache is not None:
-            extra["cache"] = cache
         with self.lock:
             model, ctx = route.decoder() if decoding and route.decoder is not None else route.model()
             ids, mask = ids.to(model.device), mask.to(model.device)
-            if positions is not None:
-                extra["position_ids"] = positions.to(model.device)
             with ctx, torch.inference_mode():
-                out = model(input_ids=ids, attention_mask=mask, **extra)
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions.to(model.device), **extra)
         for fn in list(_OBSERVERS):
             fn(len(rows), len(rows))
-        return out.logits[:, -1].float().cpu(), cache if cache is not None else _cache_of(out)
+        return out.logits[:, -1].float().cpu()
 
     def _prefill(self, key: tuple, rows: list[Row]) -> None:
         seqs = [r.all_ids() for r in rows]
@@ -366,21 +357,29 @@ class Engine:
         ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs])
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
         route = rows[0].route
-        prompt = route.decoder is not None  # one row; peft prepends the virtual tokens and makes the cache
-        cache = None if prompt else DynamicCache()
-        positions = None if prompt else (mask.cumsum(-1) - 1).clamp(min=0)
         try:
-            logits, cache = self._forward(route, rows, ids, mask, positions, cache)
+            if route.prefill is not None:
+                logits, cache, mask = self._soft_prompt_prefill(route, rows, ids, mask)
+            else:
+                cache = DynamicCache()
+                logits = self._forward(route, rows, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
         except Exception as exc:  # noqa: BLE001 - isolate the bad row: retry each alone
             self._isolate(rows, exc)
             return
         keep = [i for i, row in enumerate(rows) if not self._take(row, logits[i])]
         if not keep:
             return
-        if prompt:  # the cache holds the virtual tokens (or the prefix) before the row's own
-            mask = mask.new_ones(1, cache.get_seq_length())
         cache, mask = kvcache.select(cache, mask, keep)
         self._groups.setdefault(key, Group(route)).add([rows[i] for i in keep], cache, mask)
+
+    def _soft_prompt_prefill(self, route: Route, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor):
+        with self.lock:
+            model, ctx = route.model()
+            with ctx, torch.inference_mode():
+                logits, cache, mask = route.prefill(model, ids.to(model.device), mask.to(model.device))
+        for fn in list(_OBSERVERS):
+            fn(len(rows), len(rows))
+        return logits, cache, mask
 
     def _isolate(self, rows: list[Row], exc: Exception) -> None:
         if len(rows) == 1 and rows[0].solo:
@@ -412,12 +411,9 @@ class Engine:
         rows = group.rows
         ids = torch.tensor([[r.generated[-1]] for r in rows])
         group.mask = torch.cat([group.mask, group.mask.new_ones(len(rows), 1)], dim=1)
-        if group.route.decoder is not None:  # after the virtual tokens: the position is the cache's length
-            positions = torch.tensor([[group.cache.get_seq_length()]])
-        else:
-            positions = torch.tensor([[len(r.prompt_ids) + len(r.generated) - 1] for r in rows])
+        positions = group.mask.sum(-1, keepdim=True) - 1  # every unmasked column is a token (virtual ones too)
         try:
-            logits, _ = self._forward(group.route, rows, ids, group.mask, positions, group.cache, decoding=True)
+            logits = self._forward(group.route, rows, ids, group.mask, positions, group.cache, decoding=True)
         except Exception as exc:  # noqa: BLE001 - the group's cache is now unreliable: re-prefill its rows
             group.rows, group.cache, group.mask = [], None, None
             self._isolate(rows, exc)

@@ -254,9 +254,13 @@ def cacheless_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[flo
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
-def test_prompt_learning_decodes_on_its_kv_cache_and_answers_as_whole_passes_do(tokenizer, tmp_path, method):
-    """The prefill goes through peft (virtual tokens / prefix into the cache), every later step is one token,
-    and each step's log-probability is the one a whole pass over virtual tokens + prompt + answer gives."""
+def test_prompt_learning_rows_batch_on_their_kv_cache_and_answer_as_whole_passes_do(tokenizer, tmp_path, method):
+    """Rows of one prompt-learning system of different lengths share passes: the virtual tokens (or prefix) go into
+    the cache before each row's padding, every later step feeds one token per row, and each step's log-probability
+    is the one a whole cache-free pass over virtual tokens + prompt + answer gives for that row alone."""
+    import queue
+
+    from components.serving import engine
     from components.serving.sampling import SamplingParams
 
     folder = tmp_path / "base"  # a base of its own: no LoRA lane injected into it by other tests
@@ -265,18 +269,33 @@ def test_prompt_learning_decodes_on_its_kv_cache_and_answers_as_whole_passes_do(
     spec = task_spec(folder, {"method": method, "num_virtual_tokens": 3}, method.replace("_", "-"))
     adapter_dir = make_adapter(tokenizer, spec, 11, tmp_path / "adapter")
     system = System(f"{spec.name}@v1", spec, adapter_dir, None)
+    questions = [*QUESTIONS, "Please tell me, in some detail, why my refund has still not arrived after a month."]
+    prepared = [system.prepare_chat([{"role": "user", "content": q}]) for q in questions]
+    assert len({len(p.ids) for p in prepared}) > 1  # rows of different lengths: padding is exercised
     widths: list[int] = []
+    rows: list[int] = []
     hook = system.handle.model.get_input_embeddings().register_forward_pre_hook(
         lambda _m, args: widths.append(args[0].shape[-1]))
-    prepared = system.prepare_chat([{"role": "user", "content": QUESTIONS[0]}])
+    stop = engine.observe(lambda n, _: rows.append(n))
+    events: queue.SimpleQueue = queue.SimpleQueue()
     try:
-        done = system.complete(prepared, SamplingParams(12, logprobs=True))
+        for i, p in enumerate(prepared):
+            system.submit(p, SamplingParams(12, logprobs=True), events.put, index=i)
+        done: dict = {}
+        while len(done) < len(prepared):
+            kind, index, *payload = events.get(timeout=120)
+            assert kind != "error", payload
+            if kind == "done":
+                done[index] = payload[0]
     finally:
         hook.remove()
-    tokens, logprobs = cacheless_greedy(dedicated(spec, adapter_dir), prepared.ids, 12)
-    got = done.token_ids
-    assert len(got) >= 3 and got == tokens[:len(got)] and (len(got) == 12 or done.finish_reason == "stop")
-    assert [c.logprob for c in done.logprobs] == pytest.approx(logprobs[:len(got)], abs=1e-4)
-    _, plain = cacheless_greedy(dedicated(spec, None), prepared.ids, 12)
-    assert logprobs != pytest.approx(plain, abs=1e-3)  # the adapter changes every step, so the match shows something
-    assert widths[0] == len(prepared.ids) and set(widths[1:]) == {1}, widths  # one token per decoding step
+        stop()
+    oracle, plain = dedicated(spec, adapter_dir), dedicated(spec, None)
+    for i, p in enumerate(prepared):
+        tokens, logprobs = cacheless_greedy(oracle, p.ids, 12)
+        got = done[i].token_ids
+        assert len(got) >= 3 and got == tokens[:len(got)] and (len(got) == 12 or done[i].finish_reason == "stop")
+        assert [c.logprob for c in done[i].logprobs] == pytest.approx(logprobs[:len(got)], abs=1e-4), i
+        assert logprobs != pytest.approx(cacheless_greedy(plain, p.ids, 12)[1], abs=1e-3)  # the adapter matters
+    assert max(rows) == len(prepared), rows  # they shared forward passes
+    assert widths[0] == max(len(p.ids) for p in prepared) and set(widths[1:]) == {1}, widths  # one token per step
