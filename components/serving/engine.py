@@ -10,8 +10,8 @@ Rows whose routes share a key share forward passes: LoRA systems on one base sha
 and pick their adapter per row through peft's `adapter_names=` ("__base__" for no adapter); other
 adapter types batch per adapter; rows of one prompt-learning system batch together: their route's
 `prefill` puts the virtual tokens (or the prefix) into the KV cache before each row's padding, and their
-decoding steps run on the model under the soft prompt with that cache. A failing forward pass is retried row by row, so one bad
-request fails alone. Cancelled and timed-out rows leave the batch at the next step.
+decoding steps run on the model under the soft prompt with that cache. A failing forward pass is retried
+row by row, so one bad request fails alone. Cancelled and timed-out rows leave the batch at the next step.
 """
 
 from __future__ import annotations
