@@ -21,7 +21,6 @@ from components.models import load_model
 from components.registry import Registry, manifest_base
 from components.spec import AdapterSpec, BaseModelSpec, BehaviorSpec, TaskSpec
 from components.train import train
-from tests.conftest import make_tiny_llama
 
 ADAPTERS = TypeAdapter(AdapterSpec)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,11 +126,10 @@ def test_served_soft_prompt_hybrid_decodes_on_its_cache_as_whole_passes_do(token
     """The engine's prompt-learning path (peft prefill, then the LoRA-carrying model under the soft prompt with
     the cache) gives each step the log-probability of a whole cache-free pass through the hybrid."""
     from components.serving.sampling import SamplingParams
-    from tests.components.test_system import cacheless_greedy, dedicated, make_adapter, task_spec
+    from tests.components.test_system import base_folder, cacheless_greedy, dedicated, make_adapter, task_spec
 
-    folder = tmp_path / "base"  # a base of its own (random adapter weights: a trained one says <|im_end|> at once)
-    make_tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    # a base of its own, random adapter weights (a trained one says <|im_end|> at once)
+    folder = base_folder(tokenizer, tmp_path / "base")
     spec = task_spec(folder, {"method": "hybrid", "parts": HYBRIDS["prompt+lora"]}, "hyb")
     adapter_dir = make_adapter(tokenizer, spec, 5, tmp_path / "adapter")
     system = System("hyb-served", spec, adapter_dir, None)

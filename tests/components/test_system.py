@@ -45,6 +45,13 @@ def make_adapter(tokenizer, spec: TaskSpec, seed: int, out: Path) -> Path:
     return save_adapter(model, spec.behavior.adapter, out)
 
 
+def base_folder(tokenizer, folder: Path) -> Path:
+    """A tiny Llama and its tokenizer saved in `folder`: a base of its own, apart from the shared-base cache."""
+    make_tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def dedicated(spec: TaskSpec, adapter_dir: Path | None):
     """A freshly loaded model with the adapter, the plain way: no sharing at all."""
     model = load_model(spec.base_model).eval()
@@ -78,10 +85,7 @@ def oracle_answer(tokenizer, model, question: str) -> str:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tokenizer) -> Path:
     """A base folder of this module's own, so the process-wide base cache starts empty for it."""
-    folder = tmp_path_factory.mktemp("system-base")
-    make_tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return base_folder(tokenizer, tmp_path_factory.mktemp("system-base"))
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +267,7 @@ def test_prompt_learning_rows_batch_on_their_kv_cache_and_answer_as_whole_passes
     from components.serving import engine
     from components.serving.sampling import SamplingParams
 
-    folder = tmp_path / "base"  # a base of its own: no LoRA lane injected into it by other tests
-    make_tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = base_folder(tokenizer, tmp_path / "base")  # no LoRA lane injected into it by other tests
     spec = task_spec(folder, {"method": method, "num_virtual_tokens": 3}, method.replace("_", "-"))
     adapter_dir = make_adapter(tokenizer, spec, 11, tmp_path / "adapter")
     system = System(f"{spec.name}@v1", spec, adapter_dir, None)
