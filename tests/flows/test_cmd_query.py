@@ -74,10 +74,16 @@ def test_python_api_returns_what_json_prints(served_registry):
 
 
 def test_prefect_query_flow_uses_the_same_path(served_registry, monkeypatch):
-    from flows.deployments import query_registered
+    from flows import deployments
 
     monkeypatch.setenv("ADAPTFLOW_REGISTRY", str(served_registry))
-    result = query_registered("tiny-both@production", HARBOR)
+    # the form's dropdown lists the registry's systems when the flow is first built: build it from this registry,
+    # not from whatever ./registry holds (after `make demo`, lore-assistant's refs only)
+    deployments.ui_flows.cache_clear()
+    try:
+        result = deployments.query_registered("tiny-both@production", HARBOR)
+    finally:
+        deployments.ui_flows.cache_clear()
     assert result["system"] == "tiny-both@v1" and result["citations"][0]["doc_id"] == "harbor.md"
 
 
