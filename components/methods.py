@@ -55,6 +55,7 @@ from components.spec import (
     adapter_methods,
     remove_adapter_class,
 )
+from components.target_modules import ModuleChoice, module_choices, resolve_modules
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in every PeftModel constructor: a warning
 # about peft's code on every load and training run, which no user can act on.
@@ -219,11 +220,13 @@ def is_quantized(model) -> bool:
 
 
 def apply_method(model, adapter: AdapterSpec, *, total_steps: int | None = None, tokenizer=None):
-    """The trainable model: a PeftModel for peft methods, the model itself for selective/full."""
+    """The trainable model: a PeftModel for peft methods, the model itself for selective/full. An unset
+    target_modules takes the model's architecture default (components.target_modules); set names are checked."""
     return _attach(model, adapter, BuildContext(total_steps=total_steps, tokenizer=tokenizer))
 
 
 def _attach(model, adapter: AdapterSpec, ctx: BuildContext):
+    adapter = resolve_modules(adapter, model)  # the builders see the modules of this model's architecture
     built = BUILDERS[adapter.method](adapter, ctx)
     if isinstance(built, hybrid.HybridBuild):
         model = hybrid.attach(model, built)
@@ -393,12 +396,23 @@ def count_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def count_parameters_meta(config_folder: Path, adapter: AdapterSpec) -> tuple[int, int]:
-    """The same counts with the model built on the meta device: no weights are allocated or read."""
+def _meta_model(config_folder: Path):
+    """The model of a folder's config.json on the meta device: its modules, no weights allocated or read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(config_folder)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters_meta(config_folder: Path, adapter: AdapterSpec) -> tuple[int, int]:
+    """The same counts with the model built on the meta device: no weights are allocated or read."""
+    model = _meta_model(config_folder)
+    with torch.device("meta"):
         model = _attach(model, adapter, BuildContext(total_steps=1000, counting=True))
     return count_parameters(model)
+
+
+def module_choices_meta(config_folder: Path, adapter: AdapterSpec) -> list[ModuleChoice]:
+    """The modules the adapter will wrap on this architecture (defaults filled in, set names checked)."""
+    return module_choices(adapter, _meta_model(config_folder))

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.gates import promotion_rule
 from components.route import route
 from components.spec import PROMPT_LEARNING, TaskSpec
+
+if TYPE_CHECKING:
+    from components.target_modules import ModuleChoice
 
 
 def derived_defaults(spec: TaskSpec) -> dict:
@@ -56,6 +60,8 @@ def data_stats(spec: TaskSpec, folder: Path) -> dict:
     train, evals = load_examples(behavior.data)  # DataError names file, row and fix
     out = {}
     for split, examples in (("train", train), ("eval", evals)):
+        if not examples:  # eval_split 0 and no eval file: nothing to count (tokenizing none reads as "all dropped")
+            continue
         tokenized = tokenize_examples(examples, tokenizer, behavior.training.max_seq_len, behavior.data.over_length)
         out[split] = tokenized.stats.to_dict()
     return out
@@ -103,6 +109,21 @@ def memory_estimate(spec: TaskSpec, config: dict, trainable: int, device: str, s
     }
 
 
+def module_plan(spec: TaskSpec, folder: Path, spec_file: str | None) -> list[ModuleChoice]:
+    """The modules the adapter wraps on this base (an unset target_modules filled in from the architecture); a
+    name the model does not have is a spec error naming the file, the line and the key."""
+    from components.methods import module_choices_meta
+    from components.specload import spec_error_at
+    from components.target_modules import TargetModulesError
+
+    try:
+        return module_choices_meta(folder, spec.behavior.adapter)
+    except TargetModulesError as exc:
+        if spec_file is None:
+            raise
+        raise spec_error_at(spec_file, exc.loc, exc.detail) from None
+
+
 def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None = None) -> dict:
     from components.specload import spec_to_dict
 
@@ -128,6 +149,11 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None =
         plan["notes"].append(f"no config.json for base model '{spec.base_model.id}': parameter counts skipped")
         return plan
     config = json.loads((folder / "config.json").read_text())
+    choices = module_plan(spec, folder, spec_file)
+    if choices:
+        plan["target_modules"] = [c.to_dict() for c in choices]
+    for choice in choices:
+        plan["derived_defaults"].update(choice.derived())
     trainable, total = count_parameters_meta(folder, spec.behavior.adapter)
     plan["parameters"] = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
     if spec.behavior.adapter.method in PROMPT_LEARNING:

@@ -306,6 +306,16 @@ def load_spec(path: str | Path, workspace: str | Path | None = None, check_exist
         raise SpecError(sorted(issues, key=lambda i: (i.line or 0, i.path))) from None
 
 
+def spec_error_at(spec_file: str | Path, loc: KeyPath, message: str) -> SpecError:
+    """An error about key `loc` found after loading (e.g. checked against the model), with the key's line."""
+    file = str(spec_file)
+    try:
+        _, lines = parse_yaml(Path(spec_file).read_text(encoding="utf-8"), file)
+    except (OSError, UnicodeDecodeError, SpecError):
+        lines = {}
+    return SpecError([SpecIssue(file, _line_for(loc, lines), ".".join(str(p) for p in loc), message)])
+
+
 def spec_to_dict(spec: TaskSpec) -> dict:
     """The resolved spec as plain JSON-able data (paths as strings), defaults filled in."""
     return spec.model_dump(mode="json")

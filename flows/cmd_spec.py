@@ -51,6 +51,19 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _names(names: list[str] | str) -> str:
+    return names if isinstance(names, str) else "[" + ", ".join(names) + "]"
+
+
+def _modules_line(choice: dict) -> str:
+    """'behavior.adapter: target_modules [c_attn] on 2 layers (peft's default for model_type 'gpt2')'."""
+    where = f"on {choice['layers']} layers" if choice["layers"] else "peft picks the layers"
+    line = f"  {choice['key']}: target_modules {_names(choice['target_modules'])} {where} ({choice['source']})"
+    if "feedforward_modules" in choice:
+        line += f"; feedforward_modules {_names(choice['feedforward_modules'])}"
+    return line
+
+
 def render_plan(plan: dict) -> str:
     lines = [f"# plan for {plan['spec_file']}", "", "## resolved spec", yaml.safe_dump(plan["resolved_spec"], sort_keys=False)]
     if plan["derived_defaults"]:
@@ -60,6 +73,8 @@ def render_plan(plan: dict) -> str:
     lines += ["", f"## route: {r['label']}"] + [f"  - {reason}" for reason in r["reasons"]]
     if "promotion" in plan:
         lines += ["", "## promotion", f"  {plan['promotion']}"]
+    if "target_modules" in plan:
+        lines += ["", "## target modules"] + [_modules_line(c) for c in plan["target_modules"]]
     if "parameters" in plan:
         p = plan["parameters"]
         lines += ["", "## parameters", f"  trainable {_fmt_int(p['trainable'])} of {_fmt_int(p['total'])} ({p['percent']:.4f} %)"]

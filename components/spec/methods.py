@@ -16,6 +16,8 @@ from pydantic_core import CoreSchema
 from components.spec.base import MAX_ALPHA, MAX_RANK, MAX_VIRTUAL_TOKENS, Strict
 
 TargetModules = list[str] | Literal["all-linear"]
+# Unset (None): the base architecture's default, filled in once the model is known (components.target_modules)
+MODULES_DEFAULT = "unset: the base architecture's default (peft's table by config.model_type; q_proj, v_proj on Llama)"
 
 
 # --- adapter methods: one spec class each, its traits, the tagged union made from them ----------------
@@ -41,6 +43,7 @@ class AdapterBase(Strict):
     compare_default: ClassVar[bool] = False  # one of `adaptflow compare`'s default variants
     weighted_merge: ClassVar[bool] = False  # peft's add_weighted_adapter combines it (`adaptflow compose`)
     hybrid_roles: ClassVar[frozenset[str]] = frozenset()  # "mixed", "prompt", "under_prompt": see HybridSpec
+    module_defaults: ClassVar[str | None] = None  # peft's per-architecture table for an unset target_modules
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -60,6 +63,10 @@ class AdapterBase(Strict):
         if cls.shares_base_lane and (cls.prompt_learning or cls.trains_base_weights):
             raise TypeError(f"{cls.__name__}: a prompt-learning or weight-training method cannot share a base lane; "
                             "set `shares_base_lane: ClassVar[bool] = False`")
+        field = cls.model_fields.get("target_modules")
+        if field is not None and field.default is None and cls.module_defaults is None:
+            raise TypeError(f"{cls.__name__}: an unset target_modules takes the architecture's default; set "
+                            "`module_defaults: ClassVar[str | None]` to the peft tuner whose table gives it, e.g. 'lora'")
         _ADAPTERS[method] = cls
         _rebuild_union()
 
@@ -156,8 +163,9 @@ class LoraSpec(AdapterBase):
     r: int = Field(8, ge=1, le=MAX_RANK)
     alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: TargetModules = ["q_proj", "v_proj"]
+    target_modules: TargetModules | None = Field(None, description=MODULES_DEFAULT)
     lr_family = "low-rank"
+    module_defaults = "lora"
     compare_default = True
     weighted_merge = True
     hybrid_roles = frozenset({"mixed", "under_prompt"})
@@ -185,10 +193,11 @@ class AdaLoraSpec(AdapterBase):
     target_r: int = Field(8, ge=1, le=MAX_RANK)
     alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*target_r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: TargetModules = ["q_proj", "v_proj"]
+    target_modules: TargetModules | None = Field(None, description=MODULES_DEFAULT)
     warmup_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="tinit = fraction of total steps")
     final_fraction: float = Field(0.3, ge=0.0, lt=1.0, description="tfinal = fraction of total steps")
     lr_family = "low-rank"
+    module_defaults = "adalora"
 
     @property
     def resolved_alpha(self) -> int:
@@ -197,9 +206,13 @@ class AdaLoraSpec(AdapterBase):
 
 class IA3Spec(AdapterBase):
     method: Literal["ia3"] = "ia3"
-    target_modules: TargetModules = ["k_proj", "v_proj", "down_proj"]
-    feedforward_modules: list[str] = ["down_proj"]
+    target_modules: TargetModules | None = Field(
+        None, description="unset: the base architecture's default (peft's table by config.model_type; "
+                          "k_proj, v_proj, down_proj on Llama)")
+    feedforward_modules: list[str] | None = Field(
+        None, description="unset: the architecture's default (down_proj on Llama) among target_modules")
     lr_family = "ia3"
+    module_defaults = "ia3"
     compare_default = True
 
 
@@ -207,8 +220,9 @@ class LoHaSpec(AdapterBase):
     method: Literal["loha"] = "loha"
     r: int = Field(8, ge=1, le=MAX_RANK)
     alpha: int | None = Field(None, ge=1, le=MAX_ALPHA, description="defaults to 2*r")
-    target_modules: TargetModules = ["q_proj", "v_proj"]
+    target_modules: TargetModules | None = Field(None, description=MODULES_DEFAULT)
     lr_family = "low-rank"
+    module_defaults = "loha"
     hybrid_roles = frozenset({"mixed"})
 
     @property
@@ -218,6 +232,7 @@ class LoHaSpec(AdapterBase):
 
 class LoKrSpec(LoHaSpec):
     method: Literal["lokr"] = "lokr"  # type: ignore[assignment]
+    module_defaults = "lokr"
 
 
 class _PromptLearning(AdapterBase):
@@ -273,8 +288,9 @@ class VeraSpec(AdapterBase):
     method: Literal["vera"] = "vera"
     r: int = Field(256, ge=1, le=MAX_RANK, description="rank of the shared random projections")
     d_initial: float = Field(0.1, gt=0, le=10.0, description="initial value of the trainable vector d")
-    target_modules: TargetModules = ["q_proj", "v_proj"]
+    target_modules: TargetModules | None = Field(None, description=MODULES_DEFAULT)
     lr_family = "ia3"  # it trains scaling vectors, as IA3 does: IA3's rate, not LoRA's
+    module_defaults = "vera"
     shares_base_lane = False  # every VeRA adapter in one PeftModel must share its projections: give each a copy
 
 

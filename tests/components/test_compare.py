@@ -47,7 +47,7 @@ def test_default_variants_derive_quantization_and_reuse_the_specs_own_adapter(ws
     assert own.behavior == spec.behavior and own.base_model == spec.base_model and own.name == "triage--lora"
     assert own.compare is None
     assert variants["qlora"].spec.base_model.quantization.bits == 4
-    assert variants["qlora"].spec.behavior.adapter.target_modules == ["q_proj", "v_proj"]  # qlora's defaults
+    assert variants["qlora"].spec.behavior.adapter.target_modules is None  # qlora's default: the architecture's
     assert variants["full"].spec.base_model.quantization is None
     assert variants["ia3"].spec.base_model.quantization.bits == 8  # other methods keep the spec's base
     assert any("quantization: null" in d for d in variants["full"].derived)

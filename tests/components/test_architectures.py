@@ -1,0 +1,228 @@
+"""Bring your own model: every architecture x method on a tiny random-weight model built from its config alone.
+
+Each case leaves `target_modules` unset, so the architecture's default is what trains: peft's own table by
+`config.model_type`, or, for phi3 (not in peft 0.21's table), the attention's fused qkv layer found by name.
+The adapter trains 2 steps through `components.train.train`, is saved, and reloads with vanilla
+`PeftModel.from_pretrained` to the logits of the model that trained (within 1e-5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from bitsandbytes.nn import Linear4bit
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from components import methods
+from components.models import load_model
+from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec, parse_adapter
+from components.target_modules import TargetModulesError
+from components.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+# model_type -> config overrides beyond the shared tiny sizes below (each config's own names where they differ)
+ARCHITECTURES: dict[str, dict] = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "gemma2": {"head_dim": 16},
+    "phi3": {},
+    "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "gpt_neox": {},
+    "falcon": {},
+    "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
+}
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256}
+
+# The defaults each case must train (peft 0.21's tables; phi3 found by name): the oracle for the resolver.
+LORA_DEFAULTS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+                 "qwen3": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "phi3": ["qkv_proj"],
+                 "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"],
+                 "opt": ["q_proj", "v_proj"]}
+IA3_DEFAULTS = {  # (target_modules, feedforward_modules)
+    "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "mistral": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "qwen2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "qwen3": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "gemma2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "phi3": (["qkv_proj", "down_proj"], ["down_proj"]),
+    "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+    "gpt_neox": (["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),
+    "falcon": (["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),
+    "opt": (["q_proj", "k_proj", "fc2"], ["fc2"]),
+}
+METHODS = ["lora", "ia3", "prompt_tuning", "qlora"]
+# transformers 5.25 swaps in bitsandbytes layers only where `type(module) is nn.Linear` (or GPT-2's Conv1D):
+# Falcon's layers are `FalconLinear`, an nn.Linear subclass, so a "4-bit" Falcon loads with no 4-bit layer at all.
+NOT_4BIT = {"falcon": "transformers 5.25's bitsandbytes replacement skips FalconLinear (an nn.Linear subclass; "
+                      "integrations/bitsandbytes.py checks `type(module) is nn.Linear`): the base loads unquantized"}
+
+
+def _config(model_type: str, tokenizer):
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    return AutoConfig.for_model(model_type, **TINY, **ids, **ARCHITECTURES[model_type])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model folder per architecture (config, safetensors, the built-in tokenizer), built once."""
+    folders: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in folders:
+            folder = tmp_path_factory.mktemp(model_type)
+            torch.manual_seed(0)
+            AutoModelForCausalLM.from_config(_config(model_type, tokenizer)).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            folders[model_type] = folder
+        return folders[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Is {n} even?"},
+                          {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _behavior(data_file: Path, method: str) -> BehaviorSpec:
+    adapter = {"method": method, "num_virtual_tokens": 4} if method == "prompt_tuning" else {"method": method}
+    return BehaviorSpec.model_validate({
+        "data": {"train": str(data_file), "eval": str(data_file)},
+        "adapter": adapter,  # no target_modules: the architecture's default
+        "training": {"max_steps": 2, "batch_size": 4, "lr": 0.05, "warmup_ratio": 0, "seed": 0},
+    })
+
+
+def _base(folder: Path, method: str) -> BaseModelSpec:
+    return BaseModelSpec(id=str(folder), quantization=QuantizationSpec(bits=4) if method == "qlora" else None)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("model_type", list(ARCHITECTURES))
+def test_default_modules_train_save_and_reload_with_vanilla_peft(model_dir, data_file, tokenizer, tmp_path,
+                                                                monkeypatch, model_type, method):
+    if method == "qlora" and model_type in NOT_4BIT:
+        pytest.skip(NOT_4BIT[model_type])
+    folder = model_dir(model_type)
+    trained, apply_method = [], methods.apply_method  # the PeftModel `train` builds: what the saved adapter must give
+
+    def apply_and_keep(*args, **kwargs):
+        trained.append(apply_method(*args, **kwargs))
+        return trained[-1]
+
+    monkeypatch.setattr(methods, "apply_method", apply_and_keep)
+    record = train(load_model(_base(folder, method), device="cpu"), tokenizer, _behavior(data_file, method), tmp_path)
+    assert record.steps == 2 and record.generation["passed"]
+
+    if method == "qlora":  # LoRA on 4-bit layers, not on a base that only says it is quantized
+        wrapped = [m.base_layer for m in trained[0].modules() if hasattr(m, "lora_A")]
+        assert wrapped and all(isinstance(layer, Linear4bit) for layer in wrapped)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    if method in ("lora", "qlora"):
+        assert sorted(config["target_modules"]) == sorted(LORA_DEFAULTS[model_type])
+    elif method == "ia3":
+        targets, feedforward = IA3_DEFAULTS[model_type]
+        assert (sorted(config["target_modules"]), sorted(config["feedforward_modules"])) == (sorted(targets),
+                                                                                            sorted(feedforward))
+
+    ids = tokenizer(["Is 12 even?", "Tell me a story"], padding=True, return_tensors="pt")["input_ids"]
+    vanilla = PeftModel.from_pretrained(load_model(_base(folder, method), device="cpu"), tmp_path / "adapter").eval()
+    base = load_model(_base(folder, method), device="cpu").eval()
+    with torch.no_grad():
+        ours, theirs = trained[0].eval()(input_ids=ids).logits, vanilla(input_ids=ids).logits
+        untuned = base(input_ids=ids).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+    # the adapter is on and trained, so the match is not trivial (a soft prompt adds positions in front)
+    assert (ours[:, -ids.shape[1]:] - untuned).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "phi3"])
+def test_a_module_name_the_model_lacks_names_the_key_the_closest_layers_and_the_fix(model_dir, model_type):
+    model = AutoModelForCausalLM.from_pretrained(model_dir(model_type))
+    with pytest.raises(TargetModulesError) as err:
+        methods.apply_method(model, parse_adapter({"method": "lora", "target_modules": ["q_proj", "v_proj"]}))
+    expected = {
+        "gpt2": "behavior.adapter.target_modules: 'q_proj', 'v_proj' match no layer of the base model (model_type "
+                "'gpt2'). Closest to 'q_proj': mlp.c_proj; 'v_proj': mlp.c_proj. Its layers: attn.c_proj, c_attn, c_fc, lm_head, mlp.c_proj, wpe, wte. Use names from that "
+                "list, or remove target_modules for this architecture's default [c_attn]",
+        "phi3": "behavior.adapter.target_modules: 'q_proj', 'v_proj' match no layer of the base model (model_type "
+                "'phi3'). Closest to 'q_proj': qkv_proj, o_proj; 'v_proj': qkv_proj, o_proj. Its layers: down_proj, embed_tokens, gate_up_proj, "
+                "lm_head, o_proj, qkv_proj. Use names from that list, or remove target_modules for this "
+                "architecture's default [qkv_proj]",
+    }
+    assert str(err.value) == expected[model_type]
+
+
+def _plan_spec(ws: Path, folder: Path, adapter: str) -> Path:
+    (ws / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Is 2 even?"},
+                                                             {"role": "assistant", "content": "yes"}]}) + "\n")
+    (ws / "spec.yaml").write_text(
+        f"name: byo\nbase_model: {{id: {folder}, allow_outside_workspace: true}}\n"
+        f"behavior:\n  data: {{train: train.jsonl, eval_split: 0}}\n  adapter: {adapter}\n")
+    return ws / "spec.yaml"
+
+
+def test_plan_prints_the_modules_the_architecture_defaults_to(model_dir, tmp_path):
+    from components.plan import make_plan
+    from components.specload import load_spec
+    from flows.cmd_spec import render_plan
+
+    spec = _plan_spec(tmp_path, model_dir("gpt2"), "{method: ia3}")
+    text = render_plan(make_plan(load_spec(spec, tmp_path), str(spec), device="cpu"))
+    assert "## target modules\n  behavior.adapter: target_modules [c_attn, mlp.c_proj] on 4 layers (peft's default " \
+           "for model_type 'gpt2'); feedforward_modules [mlp.c_proj]" in text
+    assert "  behavior.adapter.target_modules: [c_attn, mlp.c_proj] (peft's default for model_type 'gpt2')" in text
+    assert "  behavior.adapter.feedforward_modules: [mlp.c_proj] (the architecture's default among " \
+           "target_modules)" in text
+
+    spec = _plan_spec(tmp_path, model_dir("phi3"), "{method: lora, r: 4}")
+    text = render_plan(make_plan(load_spec(spec, tmp_path), str(spec), device="cpu"))
+    assert "  behavior.adapter: target_modules [qkv_proj] on 2 layers (found by name: model_type 'phi3' is not in " \
+           "peft 0.21.2's table; the attention's query/value layers)" in text
+
+
+def test_plan_refuses_a_module_name_the_model_lacks_as_a_spec_error(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    spec = _plan_spec(tmp_path, model_dir("gpt2"), "\n    method: lora\n    target_modules: [q_proj, c_atn]")
+    result = CliRunner().invoke(app, ["plan", str(spec), "--workspace", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert f"error: {spec} line 7: behavior.adapter.target_modules: 'q_proj', 'c_atn' match no layer of the base " \
+           "model (model_type 'gpt2'). Closest to 'q_proj': mlp.c_proj; 'c_atn': c_attn. Its layers: " in result.output
+    assert "unexpected" not in result.output and "bug" not in result.output
+
+
+def test_set_names_are_kept_and_ia3_feedforward_defaults_to_the_architectures_among_them(tokenizer):
+    from components.target_modules import resolve_modules
+
+    with torch.device("meta"):
+        phi3 = AutoModelForCausalLM.from_config(_config("phi3", tokenizer))
+    kept = resolve_modules(parse_adapter({"method": "lora", "target_modules": ["o_proj"]}), phi3)
+    assert kept.target_modules == ["o_proj"]
+    ia3 = resolve_modules(parse_adapter({"method": "ia3", "target_modules": ["qkv_proj", "down_proj"]}), phi3)
+    assert (ia3.target_modules, ia3.feedforward_modules) == (["qkv_proj", "down_proj"], ["down_proj"])
+    assert resolve_modules(parse_adapter({"method": "ia3", "target_modules": ["qkv_proj"]}), phi3).feedforward_modules == []
+    with pytest.raises(TargetModulesError, match=r"^behavior.adapter.feedforward_modules: \[down_proj\] is not in "
+                                                 r"target_modules \[qkv_proj\]: .*add them to target_modules"):
+        resolve_modules(parse_adapter({"method": "ia3", "target_modules": ["qkv_proj"],
+                                       "feedforward_modules": ["down_proj"]}), phi3)
+    hybrid = parse_adapter({"method": "hybrid", "parts": [{"method": "lora"}, {"method": "loha", "target_modules": ["q"]}]})
+    with pytest.raises(TargetModulesError, match=r"^behavior.adapter.parts.1.target_modules: 'q' matches no layer"):
+        resolve_modules(hybrid, phi3)
+    parts = resolve_modules(parse_adapter({"method": "hybrid", "parts": [{"method": "lora"}, {"method": "loha"}]}),
+                            phi3).parts
+    assert [p.target_modules for p in parts] == [["qkv_proj"], ["qkv_proj"]]
