@@ -77,10 +77,17 @@ def question_key(question: str) -> str:
     return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
+# Tuning on fewer held-out questions than this is noise: on 20 questions one answer moves a score by 0.05 and a
+# 95 % interval is about +-0.2, wider than any difference between two chunk sizes. Below it the measured defaults
+# are kept and every question goes to the evaluation (docs/reading.md).
+TUNE_MIN = 20
+HELD_OUT_SHARE = 3  # one question in three is held out for tuning; the evaluation keeps at least two thirds
+
+
 def is_held_out(question: str) -> bool:
-    """True for the half of the questions that tuning (vectorstore.tune) and abstention calibration
-    (components.abstention) measure on, and the evaluation leaves out."""
-    return int(question_key(question), 16) % 2 == 0
+    """True for the third of the questions that tuning (vectorstore.tune), the reader's choice and abstention
+    calibration (components.abstention) measure on, and the evaluation leaves out."""
+    return int(question_key(question), 16) % HELD_OUT_SHARE == 0
 
 
 def id_spellings(doc_id: str) -> list[str]:

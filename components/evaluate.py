@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from components.evalset import (
+    TUNE_MIN,
     EvalDataError,
     is_held_out,
     question_key,
@@ -35,6 +36,7 @@ from components.evalset import (
 from components.metrics import (
     abstained,
     aggregate,
+    bootstrap_interval,
     contains_answer,
     exact_match,
     is_abstention,
@@ -49,6 +51,10 @@ GENERAL_TEXT = "general.txt"
 ANSWER_METRICS = ("accuracy", "exact_match", "answer_f1", "contains_answer")
 LOSS_METRIC = "contains_answer"  # what the retrieval and reading losses are measured in
 METRIC_ORDER = (*ANSWER_METRICS, "abstain", "hit_at_k", "mrr", "retrieval_loss", "reading_loss")
+ROW_METRICS = (*ANSWER_METRICS, "abstain", "hit_at_k", "mrr")  # scored per row, so each carries a bootstrap interval
+# knowledge.reader: auto on the built-in base when the held-out third is too small to decide: whether the builtin
+# reader ships, as measured across every frozen corpus of specs/data/unseen/ and lore (docs/reading.md).
+READER_RULE = True
 GOLD = "gold-context"
 ADAPTER_MODELS = ("adapter", "reader")
 
@@ -265,6 +271,9 @@ def score_arm(system, items: list[EvalItem], arm: str, labels: set[str] | None,
         row = _score_row(item, pred, labels)
         if context == "retrieval":
             row["retrieved"] = [h.doc_id for h in hs]
+            if item.doc_ids:  # per row, for the interval; the arm's means below are over the same rows
+                one = retrieval_metrics([row["retrieved"]], [item.doc_ids], k=system.top_k)
+                row |= {"hit_at_k": one["hit_at_k"], "mrr": one["mrr"]}
         if item.doc_ids:
             row["has_gold"] = True
         rows.append(row)
@@ -337,19 +346,47 @@ def query_latency(system, items: list[EvalItem], use_adapter: bool, use_retrieva
     return out
 
 
-def main_arm(arms: list[str], scores: dict[str, dict] | None = None, reader_decides: bool = False,
-             rows: tuple[int, int] = (1, 0)) -> str:
-    """The arm the system ships as: the last non-gold arm. With `reader_decides` (knowledge.reader: auto)
-    reader+retrieval ships only when it helps: more questions handled right than base+retrieval, counting
-    `rows` = (answerable, unanswerable): contains-answer on the first, abstain on the second."""
+def intervals_of(rows: list[dict]) -> dict[str, list[float]]:
+    """The bootstrap 95 % interval of each per-row metric of one arm's rows (components.metrics)."""
+    out = {}
+    for key in ROW_METRICS:
+        values = [float(r[key]) for r in rows if key in r]
+        if values:
+            out[key] = list(bootstrap_interval(values))
+    return out
+
+
+def main_arm(arms: list[str], choice: dict | None = None) -> str:
+    """The arm the system ships as: the last non-gold arm; with a reader choice (knowledge.reader: auto,
+    `reader_choice`) that keeps no reader, base+retrieval."""
     candidates = [a for a in arms if arm_parts(a)[1] != "gold"]
     main = candidates[-1]
-    if reader_decides and main.startswith("reader") and scores is not None:
-        def handled(arm: str) -> float:
-            return scores[arm].get(LOSS_METRIC, 0.0) * rows[0] + scores[arm].get("abstain", 0.0) * rows[1]
-
-        return main if handled(main) > handled("base+retrieval") else "base+retrieval"
+    if choice is not None and main.startswith("reader") and not choice["reader"]:
+        return "base+retrieval"
     return main
+
+
+def reader_choice(system, every: list[EvalItem], labels: set[str] | None, min_questions: int = TUNE_MIN) -> dict:
+    """Whether `knowledge.reader: auto` ships the reader, decided by contains-answer (the share of answerable
+    questions whose answer holds the gold one: what a knowledge user asks for), never on the evaluated questions.
+
+    With a tuning split (the index tuned on a held-out third of at least `min_questions`): reader+retrieval against
+    base+retrieval on those held-out answerable questions; the reader ships only when it answers more of them.
+    Otherwise READER_RULE, measured across the frozen corpora (docs/reading.md)."""
+    held = held_out_keys(every, system.retriever)
+    chosen = [i for i in every if question_key(i.query) in held and not i.unanswerable]
+    if len(chosen) < min_questions:
+        why = ("no tuning split" if not held else
+               f"{len(chosen)} held-out answerable questions, fewer than {min_questions}")
+        return {"by": "rule", "reader": READER_RULE, "why": f"{why}: the rule measured across the frozen corpora"}
+    scores = {}
+    for arm in ("base+retrieval", "reader+retrieval"):
+        metrics, _ = score_arm(system, chosen, arm, labels)
+        scores[arm] = round(metrics.get(LOSS_METRIC, 0.0), 4)
+    better = scores["reader+retrieval"] > scores["base+retrieval"]
+    return {"by": "held-out", "questions": len(chosen), "metric": LOSS_METRIC, "scores": scores, "reader": better,
+            "why": f"reader+retrieval {scores['reader+retrieval']:.3f} vs base+retrieval {scores['base+retrieval']:.3f} "
+                   f"{LOSS_METRIC} on {len(chosen)} held-out questions"}
 
 
 def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_record: dict | None = None,
@@ -376,6 +413,12 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
     tuning = system.retriever.info.get("tuning") if system.retriever is not None else None
     if tuning:
         report["retrieval_tuning"] = {k: tuning[k] for k in ("tuned", "questions", "rule", "chosen", "grid")}
+    skipped = system.retriever.info.get("tuning_skipped") if system.retriever is not None else None
+    if skipped:
+        report["tuning_skipped"] = skipped["skipped"]
+    choice = reader_choice(system, every, labels) if reader_decides and "reader+retrieval" in arms else None
+    if choice is not None:
+        report["reader_choice"] = choice
     if abstention is not None:
         report["abstention"] = abstention
     samples, rows_of = {}, {}
@@ -389,11 +432,12 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
                     progress(before + done, total)
 
             report["arms"][arm], rows_of[arm] = score_arm(system, items, arm, labels, on_batch, gold)
+            report.setdefault("intervals", {})[arm] = intervals_of(rows_of[arm])
             bar.set_postfix({k: round(v, 3) for k, v in report["arms"][arm].items()})
         before += size
         samples[arm] = rows_of[arm][:5]
     add_losses(report, rows_of)
-    main = main_arm(arms, report["arms"], reader_decides, (len(items) - report["unanswerable"], report["unanswerable"]))
+    main = main_arm(arms, choice)
     report["main_arm"] = main
     if any(a.startswith(ADAPTER_MODELS) for a in arms):
         report["forgetting"] = forgetting(system, _forgetting_text(spec))
@@ -446,8 +490,25 @@ def gate_metrics(report: dict) -> dict:
     return metrics
 
 
-def _headline(metrics: dict) -> str:
-    return next(k for k in ("accuracy", "answer_f1", "contains_answer", "exact_match") if k in metrics)
+def headline(metrics: dict) -> str:
+    """The metric a report ranks by: accuracy for a label set; contains-answer where retrieval answers (what a
+    knowledge user means by an answer), else answer_f1."""
+    order = ("accuracy", "contains_answer", "answer_f1") if "hit_at_k" in metrics else ("accuracy", "answer_f1")
+    return next(k for k in (*order, "contains_answer", "exact_match") if k in metrics)
+
+
+def cell(report: dict, arm: str, key: str) -> str:
+    """'0.600 [0.350, 0.800]': an arm's score with its bootstrap 95 % interval where it has one."""
+    value = report["arms"][arm].get(key)
+    if value is None:
+        return "–"
+    interval = (report.get("intervals") or {}).get(arm, {}).get(key)
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.3f}"
+
+
+def straddles(interval: list[float] | None, threshold: float) -> bool:
+    """True when a 95 % interval holds the gate's threshold: the point estimate decided, the data could not."""
+    return bool(interval) and interval[0] <= threshold <= interval[1]
 
 
 def render_markdown(report: dict, name: str) -> str:
@@ -459,16 +520,22 @@ def render_markdown(report: dict, name: str) -> str:
     why = " / ".join(w for w, on in (("tuned the index's chunking / top_k", report.get("retrieval_tuning")),
                                      ("calibrated the abstention", report.get("abstention"))) if on)
     tuned = f"; {tuned} more questions {why} and are left out" if tuned else ""
-    lines = [f"# Evaluation of {name}", "", f"{report['items']} items{unanswerable}{tuned}, greedy decoding.", ""]
+    lines = [f"# Evaluation of {name}", "", f"{report['items']} items{unanswerable}{tuned}, greedy decoding. "
+             "Each score carries its bootstrap 95 % interval over the rows (2000 resamples).", ""]
+    if report.get("tuning_skipped"):
+        lines += [f"Retrieval settings not tuned: {report['tuning_skipped']}.", ""]
     lines += ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for arm, m in arms.items():
-        lines.append(f"| {arm} | " + " | ".join(f"{m[k]:.3f}" if k in m else "–" for k in keys) + " |")
-    head = _headline(arms[report["main_arm"]])
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(cell(report, arm, k) for k in keys) + " |")
+    head = headline(arms[report["main_arm"]])
     ranked = sorted([a for a in arms if arm_parts(a)[1] != "gold"], key=lambda a: arms[a].get(head, 0), reverse=True)
     best = ranked[0]
     margin = arms[best].get(head, 0) - (arms[ranked[1]].get(head, 0) if len(ranked) > 1 else 0)
     runner = f" by {margin:+.3f} over {ranked[1]}" if len(ranked) > 1 else ""
-    lines += ["", f"**Winner on {head}: {best}**{runner}."]
+    lines += ["", f"**Winner on {head}: {best}**{runner}. Main arm (what ships): {report['main_arm']}."]
+    if report.get("reader_choice"):
+        c = report["reader_choice"]
+        lines += ["", f"Reader ({'kept' if c['reader'] else 'left off'}, by {c['by']}): {c['why']}."]
     lines += ceiling_lines(report) + tuning_lines(report) + abstention_lines(report)
     if "forgetting" in report:
         f = report["forgetting"]

@@ -18,8 +18,11 @@ from components.prompting import ABSTAIN_PHRASE
 
 __all__ = [
     "GateResult", "abstained", "aggregate", "contains_answer", "evaluate_gates", "exact_match", "is_abstention",
-    "label_accuracy", "normalize_answer", "percentile", "token_f1",
+    "bootstrap_interval", "label_accuracy", "normalize_answer", "percentile", "token_f1",
 ]
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -141,3 +144,31 @@ def percentile(values: Sequence[float], q: float) -> float:
     rank = (len(ordered) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the mean of per-row scores (Efron & Tibshirani 1993, ch. 13).
+
+    `resamples` times, draw len(values) rows with replacement (Python's `random.Random(seed)`, one
+    `randrange(n)` per draw, resample after resample) and take the mean; the interval is the
+    (1-level)/2 and (1+level)/2 percentiles of those means (`percentile`, linear interpolation). Seeded, so
+    the same rows give the same interval on every machine and a report's bytes stay reproducible. None for
+    no rows. On 10 rows of 0/1 scores a 95 % interval is about +-0.3: the reason every score carries one.
+    """
+    import random
+
+    n = len(values)
+    if n == 0:
+        return None
+    if not 0 < level < 1:
+        raise ValueError(f"interval level {level} is outside (0, 1); use e.g. 0.95")
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        total = 0.0
+        for _ in range(n):
+            total += values[rng.randrange(n)]
+        means.append(total / n)
+    tail = (1 - level) / 2 * 100
+    return round(percentile(means, tail), 4), round(percentile(means, 100 - tail), 4)

@@ -5,9 +5,13 @@ built-in 135M model answers chatty, invents, or ignores the passage. A reader is
 teaches the general skill (answer briefly from the context, or say `ABSTAIN_PHRASE`), not any
 corpus's facts, so one reader serves every knowledge spec on its base:
 
-- `builtin`: trained at first use from `resources/reader.jsonl` (written by
-  specs/data/reading/generate.py) with `RECIPE`, cached by content hash in the stage store under
-  $ADAPTFLOW_HOME (flows.keys.reader_key: base weights + data + recipe + training code).
+- `builtin`: on the built-in base, the trained weights that ship in `resources/reader-adapter/` (a vanilla
+  peft folder; `SHIPPED.json` records the base weights' hash, the data's and the recipe it was trained
+  with, and every file's sha256, verified at load: `shipped_reader`), so a first knowledge run trains
+  nothing. Where they do not match (another base, an edited data set or recipe) it is trained at first use
+  from `resources/reader.jsonl` (written by specs/data/reading/generate.py) with `RECIPE`, cached by
+  content hash in the stage store under $ADAPTFLOW_HOME (flows.keys.reader_key: base weights + data +
+  recipe + training code). `python -m components.reader --ship` retrains and rewrites the shipped folder.
 - `NAME@REF`: the adapter of a registered version of the same base (an injected tuner such as LoRA).
 - `auto`: builtin on the built-in base model; the evaluation then keeps it only where it scores
   better than the base model on the spec's own evaluation set (`prefer_reader`).
@@ -16,12 +20,16 @@ corpus's facts, so one reader serves every knowledge spec on its base:
 
 from __future__ import annotations
 
+import json
+import shutil
 from importlib import resources
 from pathlib import Path
 
 from components.spec import BUILTIN_MODEL, BehaviorSpec, TaskSpec
 
 READER_DATA = "reader.jsonl"
+SHIPPED_DIR = "reader-adapter"
+SHIPPED_MARKER = "SHIPPED.json"
 RECIPE = {
     "data": {"format": "chat", "eval_split": 0.1},
     "adapter": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
@@ -33,6 +41,53 @@ INJECTED = {"LORA", "ADALORA", "IA3", "LOHA", "LOKR"}  # peft types that share t
 
 def reader_data() -> Path:
     return Path(str(resources.files("components").joinpath("resources", READER_DATA)))
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("components").joinpath("resources", SHIPPED_DIR)))
+
+
+class ShippedReaderError(RuntimeError):
+    pass
+
+
+def shipped_record(spec: TaskSpec) -> dict | None:
+    """SHIPPED.json of the shipped reader when it was trained for this spec's base weights, on today's reader data
+    with today's recipe; else None (the reader is trained at first use)."""
+    from components.fileio import sha256_file
+    from components.models import resolve_model
+
+    marker = shipped_dir() / SHIPPED_MARKER
+    if reader_mode(spec) != "builtin" or not marker.exists():
+        return None
+    record = json.loads(marker.read_text())
+    if record.get("recipe") != RECIPE or record.get("data_sha256") != sha256_file(reader_data()):
+        return None
+    if record.get("base_weights_hash") != resolve_model(spec.base_model, verify=False).weights_hash:
+        return None
+    return record
+
+
+def copy_shipped(record: dict, out_dir: Path) -> dict:
+    """Copy the shipped reader into out_dir/adapter after checking every file against SHIPPED.json; returns its
+    training record. A changed or missing file is an error naming it (a reinstall restores the wheel's files)."""
+    from components.fileio import verify_dir
+
+    source = shipped_dir()
+    problems = verify_dir(source, record["files"])
+    if problems:
+        raise ShippedReaderError(
+            "the shipped reader in " + str(source) + " does not match its SHIPPED.json: "
+            + ", ".join(f"{name} ({why})" for name, why in sorted(problems.items()))
+            + "; reinstall adaptflow (pip install --force-reinstall) or delete SHIPPED.json to train the reader")
+    target = out_dir / "adapter"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in record["files"]:
+        shutil.copy2(source / name, target / name)
+    if verify_dir(target, record["files"]):
+        raise ShippedReaderError(f"copying the shipped reader into {target} changed its files; check the disk")
+    return {**record["train_record"], "shipped": True}
 
 
 def reader_behavior(data: Path | None = None) -> BehaviorSpec:
@@ -98,3 +153,45 @@ def registered_reader(spec: TaskSpec, ref: str, registry=None):
         raise ReaderError(f"knowledge.reader '{ref}' was trained on another base model (weights {str(theirs)[:12]}, "
                           f"this spec's {str(ours)[:12]}); register a reader on this base or use `reader: builtin`")
     return version
+
+
+def ship(out: Path | None = None) -> dict:
+    """Train the builtin reader on the built-in base and write it, with SHIPPED.json, into `out` (default the
+    package's resources/reader-adapter/): what a release runs after changing the reader's data or recipe."""
+    import tempfile
+
+    from components.fileio import sha256_file
+    from components.models import resolve_model
+    from components.spec import TaskSpec
+
+    out = out or shipped_dir()
+    spec = TaskSpec.model_validate({"name": "reader-ship", "goal": "knowledge",
+                                    "knowledge": {"documents": ".", "reader": "builtin"}}, context={})
+    with tempfile.TemporaryDirectory(prefix="adaptflow-reader-") as tmp:
+        record = train_reader(spec, Path(tmp)).to_dict()
+        adapter = Path(tmp) / "adapter"
+        names = sorted(p.name for p in adapter.iterdir() if p.is_file() and p.name != "train_record.json")
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for name in names:
+            shutil.copy2(adapter / name, out / name)
+    keep = ("method", "seed", "steps", "epochs", "trainable_params", "total_params", "trainable_pct", "adapter_bytes",
+            "final_loss", "loss_curve")
+    marker = {"base_model": spec.base_model.id, "base_weights_hash": resolve_model(spec.base_model).weights_hash,
+              "data": READER_DATA, "data_sha256": sha256_file(reader_data()), "recipe": RECIPE,
+              "files": {name: sha256_file(out / name) for name in names},
+              "train_record": {k: record[k] for k in keep if k in record}}
+    (out / SHIPPED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return marker
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the builtin reader's shipped weights")
+    parser.add_argument("--ship", action="store_true", help="retrain on the built-in base and rewrite them")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.ship:
+        done = ship(args.out)
+        print(f"shipped reader: {len(done['files'])} files, {done['train_record'].get('steps')} steps")

@@ -73,12 +73,15 @@ def train_key(spec: TaskSpec) -> str:
 
 def reader_key(spec: TaskSpec) -> str:
     """The reading adapter's key: the same for every knowledge spec on one base (trained once, reused)."""
-    from components.reader import reader_behavior, reader_data, reader_mode, registered_reader
+    from components.reader import reader_behavior, reader_data, reader_mode, registered_reader, shipped_record
 
     mode = reader_mode(spec)
     if mode != "builtin":
         version = registered_reader(spec, mode)
         return digest("reader-ref", version.ref, version.manifest.get("files"))
+    shipped = shipped_record(spec)
+    if shipped is not None:  # the shipped weights: their files' hashes are the stage's whole input
+        return digest("reader-shipped", shipped["base_weights_hash"], shipped["files"], shipped["recipe"])
     base = resolve_model(spec.base_model, verify=False)
     return digest("reader", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(reader_behavior()),
                   path_digest(reader_data()), package_version(STAGE_CODE))

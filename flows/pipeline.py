@@ -97,11 +97,15 @@ def train_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
 @task(name="reader", cache_policy=NONE)
 def reader_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
     """The reading adapter under `key`: the builtin one trained here, or a registered one's adapter copied."""
-    from components.reader import registered_reader, train_reader
+    from components.reader import copy_shipped, registered_reader, shipped_record, train_reader
 
     work = store().work("reader", key)
     mode = reader_mode(spec)
-    if mode == "builtin":
+    shipped = shipped_record(spec) if mode == "builtin" else None
+    if shipped is not None:  # the built-in base's reader ships in the wheel: a first knowledge run trains nothing
+        record = copy_shipped(shipped, work)
+        (work / "train_record.json").write_text(json.dumps(record, indent=2))
+    elif mode == "builtin":
         progress = progress or artifacts.Progress("reader training", f"reader-{spec.name}")
         record = train_reader(spec, work, progress=progress).to_dict()
     else:

@@ -13,23 +13,48 @@ from components.evaluate import METRIC_ORDER
 from components.registry import Registry, Version, gate_status
 
 
+def _interval(report: dict, arm: str, key: str) -> list[float] | None:
+    return (report.get("intervals") or {}).get(arm, {}).get(key)
+
+
 def arm_rows(report: dict) -> list[dict]:
-    """One row per arm with the same columns in every row (the UI takes columns from the first row)."""
+    """One row per arm with the same columns in every row (the UI takes columns from the first row): each metric,
+    then `METRIC 95% CI` ('0.35-0.80', its bootstrap interval) where the report has intervals for it."""
     keys = [k for k in METRIC_ORDER if any(k in m for m in report["arms"].values())]
-    return [{"arm": arm, **{k: round(m[k], 4) if k in m else None for k in keys}} for arm, m in report["arms"].items()]
+    with_ci = {k for k in keys if any(_interval(report, a, k) for a in report["arms"])}
+    rows = []
+    for arm, m in report["arms"].items():
+        row = {"arm": arm}
+        for k in keys:
+            row[k] = round(m[k], 4) if k in m else None
+            if k in with_ci:
+                ci = _interval(report, arm, k)
+                row[f"{k} 95% CI"] = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else None
+        rows.append(row)
+    return rows
 
 
 def arm_table(report: dict) -> list[str]:
+    """The terminal's arm table: each score with its 95 % interval in brackets."""
     rows = arm_rows(report)
     if not rows:
         return []
-    cols = list(rows[0])
-    cells = [cols] + [[r["arm"]] + ["-" if r[c] is None else f"{r[c]:.3f}" for c in cols[1:]] for r in rows]
+    cols = [c for c in rows[0] if not c.endswith(" 95% CI")]
+
+    def text(r: dict, c: str) -> str:
+        if r[c] is None:
+            return "-"
+        ci = r.get(f"{c} 95% CI")
+        return f"{r[c]:.3f} [{ci}]" if ci else f"{r[c]:.3f}"
+
+    cells = [cols] + [[r["arm"]] + [text(r, c) for c in cols[1:]] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
 
-def gate_lines(manifest: dict[str, Any]) -> list[str]:
+def gate_lines(manifest: dict[str, Any], report: dict | None = None) -> list[str]:
+    """The gates, each with its value; where the report has the main arm's 95 % interval and it holds the
+    threshold, the line says so (the gate compared the point estimate)."""
     status = gate_status(manifest)
     results = (manifest.get("gates") or {}).get("results") or []
     if manifest.get("eval_error"):
@@ -40,7 +65,10 @@ def gate_lines(manifest: dict[str, Any]) -> list[str]:
     for r in results:
         value = "missing" if r.get("value") is None else f"{r['value']:.4g}"
         mark = "pass" if r.get("passed") else "FAIL"
-        lines.append(f"  {mark:4}  {r['metric']} = {value} (needs {r['op']} {r['threshold']:g})")
+        ci = _interval(report, report.get("main_arm"), r["metric"]) if report else None
+        note = (f"; its 95% interval {ci[0]:.2f}-{ci[1]:.2f} straddles the gate" if ci and r.get("value") is not None
+                and ci[0] <= r["threshold"] <= ci[1] else "")
+        lines.append(f"  {mark:4}  {r['metric']} = {value} (needs {r['op']} {r['threshold']:g}{note})")
     return lines
 
 
@@ -73,10 +101,17 @@ def run_summary(registry: Registry, ref: str, before_versions: set[int], before_
     status = "new version" if version.number not in before_versions else "identical to an existing version: nothing new registered"
     lines = [f"{version.ref} ({status})"]
     report_path = version.path / "eval" / "report.json"
+    report = None
     if report_path.exists():
         report = json.loads(report_path.read_text())
-        lines += [f"evaluation ({report.get('items', '?')} items, main arm {report.get('main_arm')}):", *arm_table(report)]
-    lines += gate_lines(version.manifest)
+        lines += [f"evaluation ({report.get('items', '?')} items, main arm {report.get('main_arm')}; "
+                  "[95% bootstrap interval]):", *arm_table(report)]
+        if report.get("tuning_skipped"):
+            lines.append(f"  retrieval settings not tuned: {report['tuning_skipped']}")
+        if report.get("reader_choice"):
+            c = report["reader_choice"]
+            lines.append(f"  reader {'kept' if c['reader'] else 'left off'} (by {c['by']}): {c['why']}")
+    lines += gate_lines(version.manifest, report)
     lines.append(alias_line(version, registry.aliases(version.name), before_aliases))
     lines.append(f"report: {version.path / 'eval' / 'report.md'}")
     return lines

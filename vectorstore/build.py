@@ -124,20 +124,24 @@ def _update(
 def build_index(
     knowledge: KnowledgeSpec, out_dir: Path, *, embedder: Embedder | None = None, cache_dir: Path | None = None,
     previous: Path | None = None, progress: Progress | None = None, tune_rows: list[tuple[str, list[str]]] | None = None,
+    tune_min: int | None = None,
 ) -> dict[str, Any]:
     """Write index.faiss, docstore.jsonl and index.json into out_dir (atomically); return index.json.
 
     With `tune_rows` (question, gold doc ids), settings the spec leaves unset are chosen first by
-    measurement on a held-out half of them (vectorstore.tune); index.json records the grid and choice."""
+    measurement on a held-out third of them (vectorstore.tune; at least `tune_min`, default TUNE_MIN, else the
+    defaults stay and index.json records why under `tuning_skipped`); index.json records the grid and choice."""
     started = time.perf_counter()
     report = progress or _no_progress
     embedder = embedder or load_embedder(knowledge.embedder)
     embedder.probe  # noqa: B018 - computed now, so that it is not counted as build time
     tuning = None
     if tune_rows:
+        from components.evalset import TUNE_MIN
         from vectorstore.tune import tune_retrieval
 
-        knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir, build_index=build_index)
+        knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir, build_index=build_index,
+                                           min_questions=TUNE_MIN if tune_min is None else tune_min)
     loaded = time.perf_counter()
     _check_chunk_size(knowledge, embedder)
     docs = knowledge_documents(knowledge)
@@ -185,7 +189,7 @@ def build_index(
         "versions": {"faiss": faiss.__version__},
     }
     if tuning is not None:
-        info["tuning"] = tuning
+        info["tuning_skipped" if "skipped" in tuning else "tuning"] = tuning
     rows = [chunk_row(c) for c in chunks]
     report("write", 0, 1)
     info["build_seconds"] = round(time.perf_counter() - loaded, 3)  # without loading the embedder:

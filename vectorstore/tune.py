@@ -22,7 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.evalset import is_held_out, question_key, question_of, read_eval_file, read_eval_rows
+from components.evalset import (
+    TUNE_MIN,
+    is_held_out,
+    question_key,
+    question_of,
+    read_eval_file,
+    read_eval_rows,
+)
 from components.spec import ChunkingSpec, KnowledgeSpec
 
 SIZES = (100, 200, 400)  # embedder tokens; overlap is a fifth of the size
@@ -68,12 +75,15 @@ def _choose(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tune_retrieval(knowledge: KnowledgeSpec, rows: list[tuple], embedder,
-                   cache_dir: Path | None = None, *,
-                   build_index: Callable[..., Any]) -> tuple[KnowledgeSpec, dict[str, Any] | None]:
+                   cache_dir: Path | None = None, *, build_index: Callable[..., Any],
+                   min_questions: int = TUNE_MIN) -> tuple[KnowledgeSpec, dict[str, Any] | None]:
     """(the knowledge spec with the chosen settings, the record of the grid) — or (knowledge, None) when
     nothing is left to tune or no question has gold documents. Rows are (question, gold doc ids), or
     (question, gold doc ids, answers) as `read_tune_rows` gives them. `build_index` (vectorstore.build, which
-    calls this) builds each trial index: passed in, so that neither module imports the other."""
+    calls this) builds each trial index: passed in, so that neither module imports the other.
+
+    With fewer than `min_questions` held-out questions nothing is tuned: the record is {"skipped": why, ...} (no
+    `held_out`), the spec's defaults stay, and the evaluation keeps every question."""
     from vectorstore.metrics import evaluate_retrieval
     from vectorstore.retriever import Retriever
 
@@ -81,6 +91,13 @@ def tune_retrieval(knowledge: KnowledgeSpec, rows: list[tuple], embedder,
     held = [(r[0], r[1], list(r[2]) if len(r) > 2 else []) for r in rows if is_held_out(r[0])]
     if not free or not held:
         return knowledge, None
+    if len(held) < min_questions:
+        return knowledge, {
+            "skipped": f"{len(held)} held-out questions with doc_ids, fewer than the {min_questions} tuning needs "
+                       f"(one in three of the rows with doc_ids is held out): the measured defaults (chunking "
+                       f"{knowledge.chunking.size}/{knowledge.chunking.overlap}, top_k {knowledge.top_k}) are kept and every "
+                       "question is evaluated",
+            "questions": len(held), "minimum": min_questions, "tuned": free}
     sizes = [s for s in SIZES if s <= embedder.max_tokens] if "chunking" in free else [knowledge.chunking.size]
     chunkings = [ChunkingSpec(size=s, overlap=s // 5) for s in sizes] if "chunking" in free else [knowledge.chunking]
     ks = list(TOP_KS) if "top_k" in free else [knowledge.top_k]

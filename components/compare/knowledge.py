@@ -47,6 +47,7 @@ class KnowledgeRow:
     ref: str | None
     main_arm: str | None = None
     contains_answer: float | None = None
+    contains_answer_ci: list[float] | None = None  # bootstrap 95 % interval of the main arm's contains_answer
     answer_f1: float | None = None
     forgetting: float | None = None
     trainable_params: int | None = None
@@ -65,7 +66,9 @@ def knowledge_row(arm: str, inject: str, ref: str, report: dict, record: dict | 
     parts = {"rag": ["reindex"], "finetune": ["retrain"], "both": ["reindex", "retrain"]}[inject]
     seconds = [update[p]["seconds"] for p in parts if p in update]
     return KnowledgeRow(
-        arm, inject, ref, report.get("main_arm"), metrics.get(SCORE), metrics.get("answer_f1"), metrics.get("forgetting"),
+        arm, inject, ref, report.get("main_arm"), metrics.get(SCORE),
+        (report.get("intervals") or {}).get(report.get("main_arm"), {}).get(SCORE),
+        metrics.get("answer_f1"), metrics.get("forgetting"),
         record.get("trainable_params") if record else None, record.get("train_seconds") if record else None,
         index_info.get("build_seconds") if index_info else None,
         round(sum(seconds), 2) if len(seconds) == len(parts) else None, " + ".join(parts),
@@ -88,13 +91,15 @@ def render_knowledge(name: str, rows: list[KnowledgeRow], update: dict[str, dict
             lines.append(f"| {r.arm} | {r.inject} | failed: {r.error} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r.arm} | {r.inject} | {r.main_arm} | {_cell(r.contains_answer)} | {_cell(r.answer_f1)} | "
+            f"| {r.arm} | {r.inject} | {r.main_arm} | {_cell(r.contains_answer)}"
+            f"{f' [{r.contains_answer_ci[0]:.2f}, {r.contains_answer_ci[1]:.2f}]' if r.contains_answer_ci else ''} | "
+            f"{_cell(r.answer_f1)} | "
             f"{_cell(r.forgetting)} | {_cell(r.trainable_params, '{:,}')} | {_cell(r.train_seconds, '{:.0f}')} | "
             f"{_cell(r.index_seconds, '{:.1f}')} | {_cell(r.update_seconds, '{:.1f}')} ({r.update_how}) | {r.ref} |")
     lines += ["", "## Adding one changed document (measured in this run)", ""]
     for how, info in update.items():
         lines.append(f"- {how}: {info['seconds']:.1f} s — {info['what']}")
-    lines += ["", "contains_answer and answer_f1 are the main arm's; forgetting is the relative perplexity change on "
+    lines += ["", "contains_answer and answer_f1 are the main arm's (contains_answer with its bootstrap 95 % interval); forgetting is the relative perplexity change on "
               "general text with the arm's adapter (rag: its reader, when the evaluation kept one). training s is the "
               "arm's adapter training (rag: the reading adapter, trained once per base model and shared by every "
               "knowledge spec); both reuses finetune-on-docs' adapter (same stage key)."]

@@ -14,6 +14,20 @@ def _fmt(value: object, spec: str = "", empty: str = "–") -> str:
     return empty if value is None else format(value, spec)
 
 
+def _scored(row: dict, arm: str, key: str) -> str:
+    """'0.900 [0.83, 0.95]': a variant's score on one arm with its bootstrap 95 % interval where measured."""
+    value = (row.get("scores") or {}).get(arm, {}).get(key)
+    if value is None:
+        return "–"
+    ci = ((row.get("intervals") or {}).get(arm) or {}).get(key)
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+
+
+def _ci(row: dict, arm: str, key: str) -> str | None:
+    ci = ((row.get("intervals") or {}).get(arm) or {}).get(key)
+    return f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else None
+
+
 def _fronts(row: dict) -> str:
     marks = [label for flag, label in (("pareto_params", "params"), ("pareto_time", "time")) if row.get(flag)]
     return ", ".join(marks) or "–"
@@ -37,6 +51,7 @@ def table_rows(report: dict) -> list[dict]:
                  "tokens_per_s": round(row["tokens_per_second"], 1), "peak_rss_mb": round(row["peak_rss_mb"])}
         for arm in _adapter_arms(report):
             flat[f"{metric} ({arm})"] = round(row["scores"][arm].get(metric, float("nan")), 4)
+            flat[f"{metric} ({arm}) 95% CI"] = _ci(row, arm, metric)
         main = row["scores"][report["main_arm"]]
         flat |= {"exact_match": round(main.get("exact_match", float("nan")), 4),
                  "answer_f1": round(main.get("answer_f1", float("nan")), 4), "forgetting": row["forgetting"],
@@ -51,7 +66,7 @@ def render_markdown(report: dict, chart: str | None = None) -> str:
     base = ", ".join(f"{arm} {v:.3f}" for arm, v in report["base_scores"].items() if v is not None) or "–"
     lines = [f"# Comparison of {report['name']}", "",
              f"{len(report['rows'])} variants, {report['eval_items']} eval items, greedy decoding. Score: **{metric}** "
-             f"on the `{main}` arm. Without an adapter: {base}. Pareto front: no other variant scores at least as "
+             f"on the `{main}` arm, each with its bootstrap 95 % interval [low, high]. Without an adapter: {base}. Pareto front: no other variant scores at least as "
              "high with fewer trainable parameters (params) or less train time (time).", ""]
     head = ["variant", "method", "trainable params", "trainable %", "adapter MB", "train s", "tokens/s",
             "peak RSS MB", *[f"{metric} ({a})" for a in arms], "exact match", "F1", "forgetting", "gates", "Pareto front"]
@@ -60,11 +75,10 @@ def render_markdown(report: dict, chart: str | None = None) -> str:
         if row.get("error"):
             lines.append(f"| {row['variant']} | {row['method']} | failed: see below |" + " |" * (len(head) - 3))
             continue
-        m = row["scores"][main]
         cells = [row["variant"], row["method"], f"{row['trainable_params']:,}", f"{row['trainable_pct']:.3g}%",
                  f"{row['adapter_mb']:.3g}", f"{row['train_seconds']:.0f}", f"{row['tokens_per_second']:.0f}",
-                 f"{row['peak_rss_mb']:,.0f}", *[_fmt(row["scores"][a].get(metric), ".3f") for a in arms],
-                 _fmt(m.get("exact_match"), ".3f"), _fmt(m.get("answer_f1"), ".3f"), _fmt(row["forgetting"], "+.1%"),
+                 f"{row['peak_rss_mb']:,.0f}", *[_scored(row, a, metric) for a in arms],
+                 _scored(row, main, "exact_match"), _scored(row, main, "answer_f1"), _fmt(row["forgetting"], "+.1%"),
                  row["gates"], _fronts(row)]
         lines.append("| " + " | ".join(cells) + " |")
     sel = report["selection"]

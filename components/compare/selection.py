@@ -60,6 +60,7 @@ class Measurement:
     forgetting: float | None
     gates_passed: bool | None  # None: not checked
     gates: str  # "pass", "FAIL: metric, ...", "none declared", "not checked"
+    intervals: dict[str, dict[str, list[float]]] | None = None  # {arm: {metric: [low, high]}}: bootstrap 95 %
 
 
 @dataclass
@@ -112,7 +113,7 @@ def variant_row(result: VariantResult, metric: str) -> VariantRow:
     if not result.ok:
         return row
     rec, rep = result.record, result.eval_report
-    keep = ("accuracy", "exact_match", "answer_f1")
+    keep = ("accuracy", "exact_match", "answer_f1", "contains_answer")
     row.measured = Measurement(
         trainable_params=rec.get("trainable_params"), total_params=rec.get("total_params"),
         trainable_pct=rec.get("trainable_pct"), train_seconds=rec.get("train_seconds"),
@@ -123,6 +124,7 @@ def variant_row(result: VariantResult, metric: str) -> VariantRow:
         forgetting=(rep.get("forgetting") or {}).get("forgetting"),
         gates_passed=bool(result.gates["passed"]) if result.gates is not None else None,
         gates=_gate_text(result.gates),
+        intervals={arm: {k: v for k, v in m.items() if k in keep} for arm, m in (rep.get("intervals") or {}).items()},
     )
     return row
 

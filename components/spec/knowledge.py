@@ -115,13 +115,14 @@ class KnowledgeSpec(Strict):
         "auto", pattern=r"^(none|auto|builtin|[a-z0-9][a-z0-9-]*@[A-Za-z0-9._-]+)$",
         description="the adapter that reads retrieved context: none, builtin (a LoRA trained once per base on a "
                     "shipped reading set), NAME@REF (a registered adapter of the same base), or auto (builtin on "
-                    "the built-in base when it scores better on the evaluation set; see docs/reading.md)",
+                    "the built-in base when it answers more questions by contains-answer: on the held-out third when "
+                    "there are 20 or more, else by the rule measured on the frozen corpora; see docs/reading.md)",
     )
     abstain: Literal["auto", "model", "calibrated"] = Field(
         "auto", description="when the system says 'not in the documents': model (when the model's greedy answer says "
                             "it), calibrated (also when the reader's own probability of that phrase, against its answer, "
-                            "passes a threshold calibrated on the held-out half of the evaluation questions), or auto "
-                            "(calibrated where a reader reads and the index tuned on a held-out half; see docs/reading.md)",
+                            "passes a threshold calibrated on the held-out third of the evaluation questions), or auto "
+                            "(calibrated where a reader reads and the index tuned on a held-out third; see docs/reading.md)",
     )
     allow_outside_workspace: bool = Field(
         False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"

@@ -104,3 +104,31 @@ def test_gates_pass_fail_and_missing_metric() -> None:
     assert result.summary() == "answer_f1 0.5 >= 0.5: pass; forgetting 0.2 <= 0.15: FAIL; exact_match 0.3 == 0.3: pass"
     with pytest.raises(ValueError, match=r"evaluation.gates.answer_f1: gate 'about 0.5'"):
         evaluate_gates({"answer_f1": "about 0.5"}, {"answer_f1": 0.5})
+
+
+def test_bootstrap_interval_is_the_percentile_bootstrap_computed_by_hand():
+    import random
+
+    import numpy as np
+
+    from components.metrics import bootstrap_interval
+
+    values = [1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1]
+    rng = random.Random(7)  # by hand: 500 resamples of 12 draws, the mean of each, numpy's percentiles
+    means = [sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(500)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert bootstrap_interval(values, resamples=500, seed=7) == (round(low, 4), round(high, 4))
+    # the same rows give the same interval (a report's bytes are reproducible); another seed moves it a little
+    assert bootstrap_interval(values) == bootstrap_interval(list(values))
+    # exact, by enumerating every resample of three rows [0, 1, 1]: P(mean = 0) = 1/27 > 2.5 % and
+    # P(mean = 1) = 8/27 > 2.5 %, so the 95 % interval is the whole range
+    assert bootstrap_interval([0, 1, 1]) == (0.0, 1.0)
+    # 20 right of 40: the normal approximation's +-1.96 * 0.5 / sqrt(40) = +-0.155 around 0.5
+    low, high = bootstrap_interval([1] * 20 + [0] * 20)
+    assert abs(low - 0.345) < 0.03 and abs(high - 0.655) < 0.03
+    # one row in ten moves a score by 0.1, and the interval of 6 / 10 is about +-0.3 wide
+    low, high = bootstrap_interval([1] * 6 + [0] * 4)
+    assert 0.5 < high - low < 0.7
+    assert bootstrap_interval([]) is None and bootstrap_interval([1.0]) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval([1, 0], level=95)
