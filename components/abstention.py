@@ -205,7 +205,8 @@ def without_gold(system, question: str, gold_ids: set[str]) -> list[tuple[str, s
 def calibrate(answerable: list[tuple], declinable: list[tuple]) -> dict:
     """The limits from the answerable prompts' (margin, model said the phrase, answered right[, support]) and the
     prompts that should be declined (margin, model said the phrase[, support]): the margin threshold and the
-    minimum support (each may be none) maximizing the mean of the answered-right and declined rates. Ties use
+    minimum support (each may be none) maximizing the mean of the answered-right and declined rates, among the
+    limits that answer as many questions right as the model's text alone (declining costs no answer). Ties use
     fewer limits (one rule fitted to a few questions, not two), then replace the fewest answers, then keep the
     margin alone to the support alone, then the laxer limit."""
     ans = [(a[0], a[1], a[2], a[3] if len(a) > 3 else None) for a in answerable]
@@ -234,9 +235,13 @@ def calibrate(answerable: list[tuple], declinable: list[tuple]) -> dict:
             right, declined, replaced = rates(t, u)
             scored.append({"t": t, "u": u, "balanced": (right + declined) / 2, "answered_right": right,
                            "declined": declined, "replaced": replaced})
-    best = max(scored, key=lambda s: (round(s["balanced"], 9), -((s["t"] is not None) + (s["u"] is not None)),
-                                      -s["replaced"], s["u"] is None, s["t"] or 0.0, -(s["u"] or 0.0)))
     model = scored[0]
+    # A limit may decline more, never answer fewer: a rule that replaces a held-out question the reader had right is
+    # not eligible (on the season corpus the best balanced rule declined every unanswerable question and cost
+    # answers, so contains-answer fell below base+retrieval: docs/reading.md). The model's text alone always is.
+    eligible = [s for s in scored if s["answered_right"] >= model["answered_right"]]
+    best = max(eligible, key=lambda s: (round(s["balanced"], 9), -((s["t"] is not None) + (s["u"] is not None)),
+                                        -s["replaced"], s["u"] is None, s["t"] or 0.0, -(s["u"] or 0.0)))
     return {"threshold": None if best["t"] is None else round(best["t"], 4),
             "min_support": None if best["u"] is None else round(best["u"], 4),
             **{k: round(best[k], 4) for k in ("balanced", "answered_right", "declined")},

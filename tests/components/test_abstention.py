@@ -219,3 +219,15 @@ def test_auto_calibrates_only_a_reader_on_a_tuned_index_and_calibrated_needs_a_r
     with pytest.raises(ValueError, match="knowledge.reader is 'none'"):
         spec_for(workspace, tiny_llama_dir, tiny_embedder_dir, "calibrated").model_validate(
             {**fixed.model_dump(mode="json"), "knowledge": {**fixed.knowledge.model_dump(mode="json"), "reader": "none"}})
+
+
+def test_calibration_never_trades_a_right_answer_for_declines():
+    from components.abstention import calibrate
+
+    # (margin, said the phrase, answered right, support); declinable: (margin, said, support)
+    answerable = [(0.8, False, True, None), (0.2, False, False, None)]
+    declinable = [(0.9, False, None), (0.7, False, None), (0.6, False, None)]
+    # unconstrained, threshold 0.45 would be best (answered 0.0, declined 1.0: balanced 0.5) and cost the right answer
+    record = calibrate(answerable, declinable)
+    assert record["answered_right"] == record["model_only"]["answered_right"] == 0.5
+    assert record["threshold"] == 0.85 and record["declined"] == round(1 / 3, 4)
