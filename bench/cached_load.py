@@ -28,7 +28,7 @@ def run() -> dict:
     import gguf  # noqa: F401 - the GGUF reader transformers uses, imported before timing
     from transformers import AutoModelForCausalLM
 
-    from components.models import BUILTIN_MODELS, _gguf_path, builtin_model_dir, load_model, resolve_model
+    from components.models import BUILTIN_MODELS, builtin_model_dir, gguf_file, load_model, resolve_model
     from components.spec import BaseModelSpec
 
     builtin_model_dir()  # make sure the cache exists: the comparison is a later load, not the first
@@ -36,11 +36,10 @@ def run() -> dict:
     load_model(spec, resolve_model(spec, verify=True))  # untimed: imports and first-use setup
     cached = _timed(lambda: load_model(spec, resolve_model(spec, verify=True)), 3)
 
-    package, filename = BUILTIN_MODELS[spec.id]
-    gguf_file = _gguf_path(package, filename)
-    from_gguf = _timed(
-        lambda: AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype="float32"), 2
-    )
+    with gguf_file(BUILTIN_MODELS[spec.id]) as source:
+        from_gguf = _timed(
+            lambda: AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype="float32"), 2
+        )
     return {"cached_load_speedup": round(from_gguf / cached, 1), "cached_load_s": round(cached, 2),
             "gguf_load_s": round(from_gguf, 2)}
 

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.unseen [--corpora lore,manual,...] [--out /tmp/unseen]
         [--reader FOLDER | --no-reader] [--arms base+retrieval,reader+retrieval] [--max-new-tokens N]
+        [--chunking SIZE,OVERLAP] [--no-gold] [--abstain auto|model|calibrated] [--base gemma3-270m]
 
 Each corpus is a spec as a new user writes it (`specs/unseen/NAME.yaml`: the documents, the evaluation file,
 everything else default; lore is `specs/lore-knowledge.yaml` as shipped). The index is built by the real build
@@ -50,7 +51,8 @@ def reader_folder(spec, given: Path | None) -> Path:
 
 
 def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms: list[str],
-               max_new_tokens: int | None, chunking: tuple[int, int] | None = None, gold: bool = True) -> dict:
+               max_new_tokens: int | None, chunking: tuple[int, int] | None = None, gold: bool = True,
+               abstain: str | None = None, base: str | None = None) -> dict:
     from adaptflow.system import System
     from components.evaluate import evaluate
     from components.specload import load_spec
@@ -63,6 +65,12 @@ def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms
 
         knowledge = spec.knowledge.model_copy(update={"chunking": ChunkingSpec(size=chunking[0], overlap=chunking[1])})
         spec = spec.model_copy(update={"knowledge": knowledge})
+    if base is not None:  # another base model (a built-in alias or a folder) reads the same corpus
+        from components.spec import BaseModelSpec
+
+        spec = spec.model_copy(update={"base_model": BaseModelSpec(id=base)})
+    if abstain is not None:  # a trial of the abstention default (`knowledge.abstain`)
+        spec = spec.model_copy(update={"knowledge": spec.knowledge.model_copy(update={"abstain": abstain})})
     where = out / name
     index = where / "index"
     if not (index / "index.json").exists():
@@ -73,11 +81,8 @@ def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms
         system.max_new_tokens = max_new_tokens
     chosen = [a for a in arms if use_reader or not a.startswith("reader")]
     start = time.perf_counter()
-    if not gold:  # the ceilings do not depend on retrieval settings: a trial of them may skip those arms
-        import components.evaluate as evaluation
-
-        evaluation.gold_arms = lambda arms: []
-    report = evaluate(system, spec, chosen, where / "eval", reader_decides=use_reader and spec.knowledge.reader == "auto")
+    report = evaluate(system, spec, chosen, where / "eval", reader_decides=use_reader and spec.knowledge.reader == "auto",
+                      ceilings=gold)  # the ceilings do not depend on retrieval settings: a trial may skip them
     keep = ("contains_answer", "exact_match", "answer_f1", "abstain", "hit_at_k")
     return {"corpus": name, "items": report["items"], "unanswerable": report["unanswerable"],
             "main_arm": report["main_arm"], "reader_choice": report.get("reader_choice"),
@@ -96,12 +101,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--chunking", default=None, help="SIZE,OVERLAP: a trial default for the unseen corpora")
     parser.add_argument("--no-gold", action="store_true", help="skip the gold-context arms")
+    parser.add_argument("--abstain", choices=("auto", "model", "calibrated"), default=None,
+                        help="a trial of knowledge.abstain (default: what each spec says)")
+    parser.add_argument("--base", default=None, help="another base model (e.g. gemma3-270m) instead of the spec's")
     args = parser.parse_args()
     chunking = tuple(int(x) for x in args.chunking.split(",")) if args.chunking else None
     results = []
     for name in args.corpora.split(","):
         result = run_corpus(name, args.out, args.reader, not args.no_reader, args.arms.split(","), args.max_new_tokens,
-                            chunking, not args.no_gold)
+                            chunking, not args.no_gold, args.abstain, args.base)
         results.append(result)
         print(json.dumps(result), flush=True)
     arms = sorted({a for r in results for a in r["arms"]})

@@ -1,9 +1,11 @@
 """Behavior data: read rows, validate them, render them through the chat template, tokenize.
 
-Every format (chat, instruction, completion) becomes an `Example` holding chat `messages` whose
-last message is the assistant answer. All checks here run on the files and the tokenizer only,
-so a bad row is reported before any model is loaded. Errors name the file, the line (jsonl, csv)
-or row (parquet), the field and the fix. Batching (packing, length grouping) is `components.batching`.
+Every format (chat, sharegpt, instruction, completion: `components.data_formats`) from every file type
+(.jsonl, .json, .csv, .parquet, a datasets save_to_disk folder: `components.data_files`) becomes an
+`Example` holding chat `messages` whose last message is the assistant answer. All checks here run on
+the files and the tokenizer only, so a bad row is reported before any model is loaded. Errors name the
+file, the line (jsonl, json, csv) or row (parquet, datasets), the field and the fix. Batching (packing,
+length grouping) is `components.batching`.
 
 Tokenization renders the prompt (every message but the answer) with the generation prompt, the
 exact string `render_prompt` gives at inference, then appends the answer tokens and EOS. Labels
@@ -13,27 +15,25 @@ masks pad ids would otherwise hide EOS and the tuned model would never stop).
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from components.data_files import (
+    DataError,
+    DataSource,
+    check_columns,
+    data_source,
+    file_error,
+    held_out_source,
+    read_rows,
+)
+from components.data_formats import RowError, row_messages
 from components.spec import BehaviorDataSpec
 
 IGNORE_INDEX = -100
 EVAL_SPLIT_SEED = 0
 MAX_REPORTED = 8  # problems listed per DataError; the rest are counted
-FORMAT_FIELDS = {
-    "chat": ("messages",),
-    "instruction": ("instruction", "output"),
-    "completion": ("prompt", "completion"),
-}
-
-
-class DataError(ValueError):
-    """Bad behavior data; the message names the file, the line/row, the field and the fix."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     """The chat template with the generation prompt: the exact prefix training used."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
-            f"the tokenizer of {tokenizer.name_or_path} has no chat template; "
-            "use an instruct/chat base model or add a chat_template to its tokenizer_config.json"
+            f"the tokenizer of {tokenizer.name_or_path} has no chat template; set base_model.chat_template: chatml "
+            "(or gemma, or a Jinja file) in the spec, or use an instruct/chat base model"
         )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -64,141 +64,65 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read_rows(path: Path) -> Iterator[tuple[str, object]]:
-    """Yield (where, row) with `where` = 'file line N' / 'file row N'."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path} line {n}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path} line {n}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-    elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                yield f"{path} line {reader.line_num}", {k: v for k, v in row.items() if k is not None}
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for n, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"{path} row {n}", row
-    else:
-        raise DataError(f"{path}: unsupported file type '{suffix}'; use .jsonl, .csv or .parquet")
-
-
-def _text(row: dict, key: str, where: str, fmt: str, required: bool = True) -> str:
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and value != value):  # csv/parquet nulls
-        if required:
-            needed = ", ".join(FORMAT_FIELDS[fmt])
-            raise DataError(
-                f"{where}: field '{key}' is missing ({fmt} rows need {needed}); "
-                f"add it, or set behavior.data.format to the format the file uses"
-            )
-        return ""
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}; quote the value")
-    return value
-
-
-def _chat_messages(row: dict, where: str) -> tuple[dict[str, str], ...]:
-    raw = row.get("messages")
-    if raw is None:
-        raise DataError(f"{where}: field 'messages' is missing (chat rows need messages); add it, or set behavior.data.format")
-    if isinstance(raw, str):  # csv cells hold the list as JSON text
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raise DataError(f"{where}: field 'messages' is not a JSON list; write it as [{{\"role\": ..., \"content\": ...}}]") from None
-    if not isinstance(raw, list) or not raw:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}; fix the row")
-    messages = []
-    for i, msg in enumerate(raw):
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
-            raise DataError(f"{where}: messages[{i}] needs string fields 'role' and 'content'; fix the message")
-        messages.append({"role": msg["role"], "content": msg["content"]})
-    _check_roles(messages, where)
-    return tuple(messages)
-
-
-def _check_roles(messages: list[dict[str, str]], where: str) -> None:
-    """An optional system message, then user/assistant turns alternating, ending with assistant."""
-    start = 1 if messages[0]["role"] == "system" else 0
-    for i, msg in enumerate(messages):
-        expected = "system" if i < start else ("user" if (i - start) % 2 == 0 else "assistant")
-        if msg["role"] != expected:
-            raise DataError(
-                f"{where}: messages[{i}].role is '{msg['role']}' where '{expected}' belongs; roles must be an optional "
-                "system message, then user and assistant alternating, ending with the assistant answer; reorder the row"
-            )
-    if messages[-1]["role"] != "assistant":
-        raise DataError(
-            f"{where}: the last message is '{messages[-1]['role']}', so the row has no answer; "
-            "end messages with an {\"role\": \"assistant\", ...} message or remove the row"
-        )
-
-
-def row_to_example(row: object, fmt: str, where: str) -> Example:
-    """One row of any format -> an Example (chat messages ending with the answer)."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}; write one object per line")
-    if fmt == "chat":
-        messages = _chat_messages(row, where)
-    elif fmt == "instruction":
-        instruction = _text(row, "instruction", where, fmt)
-        extra = _text(row, "input", where, fmt, required=False)
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        messages = ({"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output", where, fmt)})
-    else:
-        messages = (
-            {"role": "user", "content": _text(row, "prompt", where, fmt)},
-            {"role": "assistant", "content": _text(row, "completion", where, fmt)},
-        )
-    if not messages[-1]["content"].strip():
-        field_name = {"chat": "the last assistant message", "instruction": "'output'", "completion": "'completion'"}[fmt]
-        raise DataError(f"{where}: {field_name} is empty, so the row has no answer; write the answer or remove the row")
-    return Example(messages=messages, source=where)
-
-
-def read_examples(path: Path, fmt: str) -> list[Example]:
-    """Every row of one file, or a DataError listing the first problems (all rows are checked)."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found; fix behavior.data in the spec")
+def read_examples(source: DataSource, fmt: str, columns: dict[str, str] | None = None) -> list[Example]:
+    """Every row of one source, or a DataError listing the first problems (all rows are checked)."""
+    try:
+        rows = list(read_rows(source))
+    except UnicodeDecodeError as exc:
+        raise file_error(source.path, f"not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+    if columns:
+        check_columns(source, rows, columns)
     examples, problems = [], []
-    for where, row in _read_rows(path):
+    for where, row in rows:
         try:
-            examples.append(row_to_example(row, fmt, where))
-        except DataError as exc:
-            problems.append(str(exc))
+            examples.append(Example(messages=row_messages(row, fmt, columns or {}), source=str(where)))
+        except RowError as exc:
+            problems.append((where, str(exc)))
     if problems:
         more = f"\n... and {len(problems) - MAX_REPORTED} more bad rows" if len(problems) > MAX_REPORTED else ""
-        raise DataError("\n".join(problems[:MAX_REPORTED]) + more)
+        raise DataError("\n".join(f"{w}: {m}" for w, m in problems[:MAX_REPORTED]) + more, tuple(problems))
     if not examples:
-        raise DataError(f"{path}: the file is empty (no rows); add {fmt} examples, one per line/row")
+        raise file_error(source.path, f"the file is empty (no rows); add {fmt} examples, one per line/row")
     return examples
 
 
-def load_examples(data: BehaviorDataSpec) -> tuple[list[Example], list[Example]]:
-    """(train, eval). Without `data.eval`, `eval_split` of train is held out with a fixed seed."""
-    train = read_examples(Path(data.train), data.format)
-    if data.eval is not None:
-        return train, read_examples(Path(data.eval), data.format)
+@dataclass(frozen=True)
+class DataSplits:
+    """The examples of both splits and where they came from (`adaptflow validate` prints this)."""
+
+    train: list[Example]
+    eval: list[Example]
+    train_source: DataSource
+    eval_source: DataSource | None  # None: held out of train by `eval_split` (or no eval at all)
+
+
+def load_splits(data: BehaviorDataSpec) -> DataSplits:
+    """Both splits. Eval rows: `data.eval`; else a DatasetDict's validation/test split next to its train split;
+    else `eval_split` of train, held out with a fixed seed."""
+    source = data_source(Path(data.train), "train")
+    train = read_examples(source, data.format, data.columns)
+    held = data_source(Path(data.eval), "eval") if data.eval is not None else held_out_source(source)
+    if held is not None:
+        return DataSplits(train, read_examples(held, data.format, data.columns), source, held)
     if data.eval_split == 0:
-        return train, []
+        return DataSplits(train, [], source, None)
     n_eval = max(1, round(len(train) * data.eval_split))
     if n_eval >= len(train):
-        raise DataError(
-            f"{data.train}: {len(train)} rows cannot give an eval split of {data.eval_split} and still train; "
+        raise file_error(
+            data.train, f"{len(train)} rows cannot give an eval split of {data.eval_split} and still train; "
             "add rows, give behavior.data.eval a file, or set eval_split: 0"
         )
     order = list(range(len(train)))
     random.Random(EVAL_SPLIT_SEED).shuffle(order)
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
+    held_idx = set(order[:n_eval])
+    return DataSplits([e for i, e in enumerate(train) if i not in held_idx],
+                      [e for i, e in enumerate(train) if i in held_idx], source, None)
+
+
+def load_examples(data: BehaviorDataSpec) -> tuple[list[Example], list[Example]]:
+    """(train, eval), as `load_splits` finds them."""
+    splits = load_splits(data)
+    return splits.train, splits.eval
 
 
 # --- tokenizing ----------------------------------------------------------------------------

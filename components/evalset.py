@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TEXT_SUFFIXES = (".md", ".markdown", ".txt")
+TEXT_SUFFIXES = (".md", ".markdown", ".txt",  # and the converted ones (vectorstore/convert.py)
+                 ".pdf", ".html", ".htm", ".docx", ".pptx", ".xlsx", ".csv", ".epub")
 
 
 class EvalDataError(ValueError):

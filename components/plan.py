@@ -51,11 +51,14 @@ def data_stats(spec: TaskSpec, folder: Path) -> dict:
     from transformers import AutoTokenizer
 
     from components.data import load_examples, tokenize_examples
+    from components.models import chat_template_text
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as exc:
         return {"skipped": f"no tokenizer in {folder} ({type(exc).__name__}); data statistics need one"}
+    if spec.base_model.chat_template is not None:  # as components.models.load_tokenizer applies it
+        tokenizer.chat_template = chat_template_text(spec.base_model.chat_template)
     behavior = spec.behavior
     train, evals = load_examples(behavior.data)  # DataError names file, row and fix
     out = {}

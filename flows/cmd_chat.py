@@ -69,7 +69,7 @@ def _turn(loaded, messages: list[dict], *, no_retrieval: bool, no_adapter: bool,
         return messages[:-1]
     typer.echo()
     for c in stream.citations:
-        typer.echo(f"  [{c.n}] {c.doc_id} — {c.title} (score {c.score:.3f})")
+        typer.echo(f"  [{c.n}] {c.doc_id}{f', {c.locator}' if c.locator else ''} — {c.title} (score {c.score:.3f})")
     total = (time.perf_counter() - start) * 1000
     typer.echo(f"  ({total:.0f} ms: retrieval {stream.retrieval_ms:.0f}, generation {total - stream.retrieval_ms:.0f}; "
                f"{stream.usage.completion_tokens} tokens, {stream.finish_reason})")

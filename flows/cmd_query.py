@@ -49,7 +49,7 @@ def query(
     if answer.citations:
         typer.echo("\nSources:")
         for c in answer.citations:
-            typer.echo(f"  [{c.n}] {c.doc_id} — {c.title} (score {c.score:.3f})")
+            typer.echo(f"  [{c.n}] {c.doc_id}{f', {c.locator}' if c.locator else ''} — {c.title} (score {c.score:.3f})")
             typer.echo(textwrap.indent(textwrap.fill(c.snippet, 96), "      "))
     ablations = [flag for flag, on in (("no adapter", no_adapter), ("no retrieval", no_retrieval)) if on]
     typer.echo(f"\n({answer.system}{', ' + ', '.join(ablations) if ablations else ''}; {answer.latency_ms:.0f} ms: "

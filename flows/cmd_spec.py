@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from adaptflow.preflight import check_inputs
+from adaptflow.preflight import inputs_report
 from components.spec import TaskSpec
 from components.specload import SpecError, load_spec
 from flows import console
@@ -21,7 +21,7 @@ def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspa
     for path in specs:
         try:
             spec = load_spec(path, workspace)
-            problems = check_inputs(spec, path)  # evaluation rows, documents, gold doc ids
+            notes, problems = inputs_report(spec, path)  # behavior data, evaluation rows, documents, gold doc ids
             if problems:
                 raise SpecError(problems)
         except SpecError as exc:
@@ -30,6 +30,8 @@ def validate(specs: list[Path] = typer.Argument(..., help="spec files"), workspa
                 typer.echo(str(issue), err=True)
             continue
         typer.echo(f"{path}: ok ({spec.name}, goal {spec.goal})")
+        for note in notes:
+            typer.echo(f"  {note}")
     if failed:
         typer.echo(f"{failed} of {len(specs)} spec(s) invalid", err=True)
         raise typer.Exit(1)

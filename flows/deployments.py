@@ -131,7 +131,7 @@ def _query_registered(systems: list[str]):
 
         system = system_ref or system
         answer = load_system(system).query(question)
-        cites = "\n".join(f"{c.n}. **{c.doc_id}** — {c.title} (score {c.score:.3f}): {c.snippet}" for c in answer.citations)
+        cites = "\n".join(f"{c.n}. **{c.doc_id}**{f', {c.locator}' if c.locator else ''} — {c.title} (score {c.score:.3f}): {c.snippet}" for c in answer.citations)
         create_markdown_artifact(f"## {question}\n\n{answer.answer}\n\n### Citations\n{cites or '(none)'}\n",
                                  key="query-" + loaded_name(system), description=f"answer from {answer.system}")
         print(answer.answer)

@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from vectorstore.build import build_index, default_cache_dir  # noqa: E402
 from vectorstore.chunking import Chunk, chunk_documents, chunk_id_for  # noqa: E402
+from vectorstore.convert import CONVERTED_SUFFIXES, ConversionStats, locator_label  # noqa: E402
 from vectorstore.docstore import DOCSTORE_FILE, read_docstore  # noqa: E402
 from vectorstore.documents import Document, DocumentError, corpus_hash, load_documents  # noqa: E402
 from vectorstore.embedder import Embedder, EmbedderError, EmbeddingCache, check_compatible, load_embedder  # noqa: E402
@@ -22,10 +23,10 @@ from vectorstore.persist import INDEX_FILE, INFO_FILE, IndexIntegrityError, open
 from vectorstore.retriever import Hit, Retriever  # noqa: E402
 
 __all__ = [
-    "DOCSTORE_FILE", "FLAT_MAX_VECTORS", "INDEX_FILE", "INFO_FILE",
-    "Chunk", "Document", "DocumentError", "Embedder", "EmbedderError", "EmbeddingCache", "Hit",
+    "CONVERTED_SUFFIXES", "DOCSTORE_FILE", "FLAT_MAX_VECTORS", "INDEX_FILE", "INFO_FILE",
+    "Chunk", "ConversionStats", "Document", "DocumentError", "Embedder", "EmbedderError", "EmbeddingCache", "Hit",
     "IndexIntegrityError", "IndexPlan", "RecallError", "Retriever",
     "build_index", "check_compatible", "chunk_documents", "chunk_id_for", "corpus_hash", "default_cache_dir",
-    "evaluate_retrieval", "load_documents", "load_embedder", "open_index_dir", "plan_index", "read_docstore",
+    "evaluate_retrieval", "load_documents", "load_embedder", "locator_label", "open_index_dir", "plan_index", "read_docstore",
     "read_eval_rows", "retrieval_metrics",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 from components.spec import KnowledgeSpec
 from vectorstore import index_shards
 from vectorstore.chunking import Chunk, chunk_documents
+from vectorstore.convert import ConversionStats
 from vectorstore.docstore import DOCSTORE_FILE, chunk_row, write_docstore
 from vectorstore.documents import CHUNKER_VERSION, corpus_hash_of, knowledge_documents
 from vectorstore.embedder import Embedder, EmbedderError, EmbeddingCache, load_embedder
@@ -144,7 +145,8 @@ def build_index(
                                            min_questions=TUNE_MIN if tune_min is None else tune_min)
     loaded = time.perf_counter()
     _check_chunk_size(knowledge, embedder)
-    docs = knowledge_documents(knowledge)
+    conversions = ConversionStats()
+    docs = knowledge_documents(knowledge, stats=conversions)
     report("load", len(docs), len(docs))
     chunks = chunk_documents(docs, embedder.token_offsets, knowledge.chunking)
     report("chunk", len(chunks), len(chunks))
@@ -165,6 +167,8 @@ def build_index(
         vectors, more = embed_chunks(chunks, embedder, cache, report)
         already = counts.get("embedded", 0)  # embedded by the update just before: now cache hits here
         counts = {**counts, "embedded": already + more["embedded"], "cached": max(0, more["cached"] - already)}
+    if conversions.converted or conversions.cached:  # PDF, DOCX, ... files: how many were converted this time
+        counts = {**counts, "converted": conversions.converted, "conversions_cached": conversions.cached}
     report("index", 0, len(chunks))
     if index is None:
         index, recall = build_checked(plan, vectors, ids, knowledge.top_k)

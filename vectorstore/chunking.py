@@ -6,6 +6,11 @@ at least half full ends at the last paragraph boundary it contains rather than m
 The next chunk starts with as many trailing units of the previous one as fit in `overlap`
 tokens. A unit longer than `size` (a very long sentence) is cut at token boundaries.
 
+A converted document's locators (vectorstore.convert: page, slide, sheet or section starts) cut
+it into parts that are packed apart, so no chunk crosses one; each chunk's metadata names its
+part (`{"page": 2}`), which is what its citation shows. Documents without locators (.md, .txt,
+.jsonl) are one part: their chunks are exactly what they were before locators existed.
+
 Chunk ids are stable across runs: a 63-bit hash of (document id, position), so an index
 update replaces exactly the chunks of the documents that changed.
 """
@@ -131,18 +136,31 @@ def _pack(units: list[_Unit], size: int, overlap: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _parts(doc: Document) -> list[tuple[int, int, dict[str, Any]]]:
+    """(start, end, chunk metadata) of the spans packed apart: the whole text, or one per locator."""
+    if not doc.locators:
+        return [(0, len(doc.text), dict(doc.metadata))]
+    starts = [0] + [offset for offset, _, _ in doc.locators] + [len(doc.text)]
+    labels = [{}] + [{kind: value} for _, kind, value in doc.locators]
+    return [(s, e, {**doc.metadata, **label}) for s, e, label in zip(starts, starts[1:], labels, strict=False) if e > s]
+
+
 def chunk_document(doc: Document, tokenize: Tokenize, chunking: ChunkingSpec) -> list[Chunk]:
     tokens = tokenize(doc.text)
     piece = chunking.overlap if chunking.overlap > 0 else chunking.size
     units = _units(doc.text, tokens, chunking.size, piece)
-    chunks = []
-    for position, (i, j) in enumerate(_pack(units, chunking.size, chunking.overlap)):
-        start, end = units[i].start, units[j - 1].end
-        n_tokens = sum(u.tokens for u in units[i:j])
-        chunks.append(Chunk(
-            chunk_id_for(doc.doc_id, position), doc.doc_id, position, doc.title,
-            doc.text[start:end], start, end, n_tokens, dict(doc.metadata),
-        ))
+    unit_starts = [u.start for u in units]
+    chunks: list[Chunk] = []
+    for part_start, part_end, metadata in _parts(doc):
+        part = units[bisect.bisect_left(unit_starts, part_start):bisect.bisect_left(unit_starts, part_end)]
+        for i, j in _pack(part, chunking.size, chunking.overlap):
+            start, end = part[i].start, part[j - 1].end
+            n_tokens = sum(u.tokens for u in part[i:j])
+            position = len(chunks)
+            chunks.append(Chunk(
+                chunk_id_for(doc.doc_id, position), doc.doc_id, position, doc.title,
+                doc.text[start:end], start, end, n_tokens, dict(metadata),
+            ))
     return chunks
 
 

@@ -23,7 +23,7 @@ FORMAT = "adaptflow-index/1"
 # They stay in the returned info (and a registry manifest's volatile section) but out of index.json,
 # so two builds of the same corpus write the same bytes and register as one version.
 VOLATILE_KEYS = ("created_at", "build_seconds", "embedder_load_seconds", "update")
-VOLATILE_COUNTS = ("embedded", "cached", "kept")
+VOLATILE_COUNTS = ("embedded", "cached", "kept", "converted", "conversions_cached")
 
 
 def split_volatile(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

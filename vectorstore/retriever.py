@@ -18,6 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from vectorstore.convert import locator_label
 from vectorstore.embedder import Embedder, check_compatible, load_embedder
 from vectorstore.persist import INFO_FILE, open_index_dir
 
@@ -36,6 +37,11 @@ class Hit:
     end: int = 0
     position: int = 0  # chunk number within the document
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def locator(self) -> str:
+        """Where in its file the chunk sits, for a citation: 'page 2', 'slide 3', 'section "Setup"', or ''."""
+        return locator_label(self.metadata)
 
 
 def rrf(rankings: list[list[int]], k0: int = RRF_K) -> list[tuple[int, float]]:

@@ -282,7 +282,7 @@ def _checked_messages(messages: list[dict]) -> list[dict]:
 
 def _citations(hits: list) -> list[Citation]:
     return [Citation(i, h.doc_id, h.title, " ".join(h.text.split())[:SNIPPET_CHARS], round(float(h.score), 4),
-                     int(h.chunk_id)) for i, h in enumerate(hits, 1)]
+                     int(h.chunk_id), h.locator) for i, h in enumerate(hits, 1)]
 
 
 def load_system(ref: str, registry=None, verify: bool = True) -> System:

@@ -15,6 +15,7 @@ class Citation:
     snippet: str
     score: float
     chunk_id: int
+    locator: str = ""  # "page 2", "slide 3", 'section "Maintenance"' for converted documents; "" otherwise
 
 
 @dataclass

@@ -18,8 +18,11 @@ Every public name is re-exported here: import from `components.spec`.
 """
 
 from components.spec.base import (
+    BUILTIN_BASES,
     BUILTIN_EMBEDDER,
+    BUILTIN_GEMMA,
     BUILTIN_MODEL,
+    CHAT_TEMPLATES,
     MAX_ALPHA,
     MAX_RANK,
     MAX_SEQ_LEN,
@@ -30,6 +33,7 @@ from components.spec.base import (
     walk_confined,
 )
 from components.spec.behavior import (
+    DATA_FIELDS,
     BehaviorDataSpec,
     BehaviorSpec,
     DistributedSpec,
@@ -106,8 +110,9 @@ from components.spec.task import (
 
 __all__ = [
     "AdaLoraSpec", "adapter_class", "adapter_methods", "AdapterBase", "AdapterSpec", "AutoIndexSpec",
-    "BaseModelSpec", "BehaviorDataSpec", "BehaviorSpec", "BUILTIN_EMBEDDER", "BUILTIN_MODEL", "ChunkingSpec",
-    "CompareSpec", "COMPOSE_HOWS", "ComposeSpec", "DistributedSpec", "DoraSpec", "EvaluationSpec",
+    "BaseModelSpec", "BehaviorDataSpec", "BehaviorSpec", "BUILTIN_BASES", "BUILTIN_EMBEDDER", "BUILTIN_GEMMA",
+    "BUILTIN_MODEL", "CHAT_TEMPLATES", "ChunkingSpec",
+    "CompareSpec", "COMPOSE_HOWS", "ComposeSpec", "DATA_FIELDS", "DistributedSpec", "DoraSpec", "EvaluationSpec",
     "FactoryIndexSpec", "FlatIndexSpec", "FullSpec", "GATE_METRICS", "HnswIndexSpec", "HybridPart",
     "HybridSpec", "IA3Spec", "IndexSpec", "IvfIndexSpec", "IvfPqIndexSpec", "KNOWLEDGE_FT_MODULES",
     "KnowledgeFinetuneSpec", "KnowledgeSpec", "LoHaSpec", "LoKrSpec", "LoraSpec", "LrFamily", "MAX_ALPHA",

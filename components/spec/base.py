@@ -10,6 +10,9 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 BUILTIN_MODEL = "smollm2-135m-instruct"
+BUILTIN_GEMMA = "gemma3-270m"  # Gemma 3 270M (pretrained, not instruct), a second real model from the package index
+BUILTIN_BASES = (BUILTIN_MODEL, BUILTIN_GEMMA)
+CHAT_TEMPLATES = ("chatml", "gemma")  # named chat templates for a base without one (components/resources/chat_templates)
 BUILTIN_EMBEDDER = "all-minilm-l6-v2"
 
 # Upper bounds (docs/spec.md, "Bounds"): far above any sane value, low enough that a typo such as

@@ -3,9 +3,17 @@ section itself, which holds an adapter method (components.spec.methods)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from components.spec.base import MAX_SEQ_LEN, MAX_STEPS, SpecPath, Strict
 from components.spec.methods import NO_CHECKPOINTING, AdapterSpec, LoraSpec
@@ -13,12 +21,54 @@ from components.spec.methods import NO_CHECKPOINTING, AdapterSpec, LoraSpec
 # --- behavior: data, training (its adapter methods: components.spec.methods) -----------------
 
 
+# The fields each row format reads (components.data), required ones first: what `columns` may map.
+DATA_FIELDS = {
+    "chat": ("messages",),
+    "instruction": ("instruction", "output", "input"),
+    "completion": ("prompt", "completion"),
+    "sharegpt": ("conversations", "system"),
+}
+
+
 class BehaviorDataSpec(Strict):
-    train: SpecPath
-    eval: SpecPath | None = None
-    format: Literal["chat", "instruction", "completion"] = "chat"
+    train: SpecPath = Field(description="a .jsonl, .json (array or JSON Lines), .csv or .parquet file, or a folder "
+                            "written by Hugging Face `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (its "
+                            "`train` split)")
+    eval: SpecPath | None = Field(None, description="held-out rows in any of train's file types; unset with a "
+                                  "DatasetDict as train: its `validation` or `test` split, if it has one")
+    format: Literal["chat", "instruction", "completion", "sharegpt"] = Field(
+        "chat", description="chat: messages [{role, content}]; instruction: instruction, input?, output; completion: "
+        "prompt, completion; sharegpt: conversations [{from: human|gpt|system, value}], system?"
+    )
     eval_split: float = Field(0.1, ge=0.0, lt=0.9, description="held out of train when `eval` is not given")
     over_length: Literal["truncate", "drop", "error"] = "truncate"
+    columns: dict[str, Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        None, description="the format's field -> the column (key) your file uses for it, e.g. {instruction: "
+        "question, output: answer}; unmapped fields keep their names"
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_name_fields_of_the_format(cls, columns: dict[str, str] | None, info: ValidationInfo):
+        fmt = info.data.get("format")
+        fields = DATA_FIELDS.get(fmt, ())
+        for ours in columns or {}:
+            if fmt is not None and ours not in fields:
+                guess = difflib.get_close_matches(ours, fields, n=1, cutoff=0.5)
+                hint = f"did you mean '{guess[0]}'? " if guess else ""
+                raise ValueError(
+                    f"'{ours}' is not a field of format '{fmt}' ({', '.join(fields)}); {hint}keys are the format's "
+                    "field names, values your file's column names"
+                )
+        return columns
+
+    @model_serializer(mode="wrap")
+    def _unset_columns_stay_out(self, handler):
+        # spec hashes and stage keys are digests of this dump: a spec without `columns` must hash as before
+        data = handler(self)
+        if self.columns is None and isinstance(data, dict):
+            data.pop("columns", None)
+        return data
 
 
 class DistributedSpec(Strict):

@@ -122,7 +122,7 @@ class KnowledgeSpec(Strict):
         "auto", description="when the system says 'not in the documents': model (when the model's greedy answer says "
                             "it), calibrated (also when the reader's own probability of that phrase, against its answer, "
                             "passes a threshold calibrated on the held-out third of the evaluation questions), or auto "
-                            "(calibrated where a reader reads and the index tuned on a held-out third; see docs/reading.md)",
+                            "(model: calibrating cost answers on a frozen corpus; see docs/reading.md)",
     )
     allow_outside_workspace: bool = Field(
         False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"

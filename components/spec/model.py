@@ -8,7 +8,14 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, model_validator
 
 from components.remote_code import RemoteCodeError, check_pin
-from components.spec.base import BUILTIN_MODEL, Strict, _local_folder
+from components.spec.base import (
+    BUILTIN_BASES,
+    BUILTIN_MODEL,
+    CHAT_TEMPLATES,
+    Strict,
+    _local_folder,
+    _resolve_path,
+)
 
 # --- base model --------------------------------------------------------------------------
 
@@ -20,12 +27,17 @@ class QuantizationSpec(Strict):
 
 
 class BaseModelSpec(Strict):
-    id: str = Field(BUILTIN_MODEL, description="built-in alias, Hugging Face id, or a local folder (relative to the spec)")
+    id: str = Field(BUILTIN_MODEL, description="built-in alias (smollm2-135m-instruct, gemma3-270m), Hugging Face id, "
+                                               "or a local folder (relative to the spec)")
     revision: str | None = Field(
         None, description="with trust_remote_code: a full 40-hex commit, or for a local folder the sha256 of its "
         "*.py files (python -m components.remote_code FOLDER)"
     )
     trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="for a base whose tokenizer has none (or to replace it): chatml, gemma, or a Jinja file "
+                          "(relative to the spec) written as a tokenizer chat_template"
+    )
     quantization: QuantizationSpec | None = None
     allow_outside_workspace: bool = Field(
         False, description="let `id` be a local folder outside the workspace (recorded by its weights hash)"
@@ -33,7 +45,16 @@ class BaseModelSpec(Strict):
 
     @model_validator(mode="after")
     def _resolve_and_pin(self, info: ValidationInfo) -> BaseModelSpec:
-        if self.id != BUILTIN_MODEL:  # frozen model: the resolved folder replaces the id as written
+        if self.chat_template is not None and self.chat_template not in CHAT_TEMPLATES:
+            try:
+                path = _resolve_path(Path(self.chat_template), info)
+            except ValueError as exc:
+                raise ValueError(f"base_model.chat_template: {exc}; or name one of {', '.join(CHAT_TEMPLATES)}") from None
+            if (info.context or {}).get("base_dir") is not None and not path.is_file():
+                raise ValueError(f"base_model.chat_template: {path} is not a file; give a Jinja template file or one "
+                                 f"of {', '.join(CHAT_TEMPLATES)}")
+            object.__setattr__(self, "chat_template", str(path))
+        if self.id not in BUILTIN_BASES:  # frozen model: the resolved folder replaces the id as written
             resolved = _local_folder(self.id, "base_model.id", "base_model.allow_outside_workspace",
                                      self.allow_outside_workspace, info)
             object.__setattr__(self, "id", resolved)

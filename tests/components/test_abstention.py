@@ -201,14 +201,16 @@ def test_calibrated_on_the_held_out_half_and_served_as_evaluated(workspace, tiny
                 prompts[:1], use_adapter=False)[0]
 
 
-def test_auto_calibrates_only_a_reader_on_a_tuned_index_and_calibrated_needs_a_reader(
+def test_auto_is_the_models_own_text_even_on_a_tuned_index_and_calibrated_needs_a_reader(
         workspace, tiny_llama_dir, tiny_embedder_dir, tmp_path):
     from vectorstore import build_index
 
     spec = spec_for(workspace, tiny_llama_dir, tiny_embedder_dir, "auto")
     build_index(spec.knowledge, tmp_path / "index", cache_dir=tmp_path / "cache")
     reader = System("a@candidate", spec, workspace / "reader", tmp_path / "index")
-    assert abstain_mode(spec, reader) == "model"  # chunking and top_k given: no held-out half to spend
+    assert abstain_mode(spec, reader) == "model"
+    reader.retriever.info["tuning"] = {"tuned": True}  # as a tuned index records it: still the model's own text
+    assert abstain_mode(spec, reader) == "model"
     fixed = spec_for(workspace, tiny_llama_dir, tiny_embedder_dir, "calibrated")
     bare = System("b@candidate", fixed, None, tmp_path / "index")
     with pytest.raises(EvalDataError, match="knowledge.abstain is 'calibrated' but no adapter reads"):

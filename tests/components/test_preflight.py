@@ -79,6 +79,9 @@ def test_gold_doc_ids_accept_path_bare_path_and_unique_stem(ws):
     docs = ["harbor-authority.md", "history.md", "ports/harbor.txt", "ports/mill.md"]
     assert resolve_gold_ids(["history", "ports/harbor", "harbor", "mill"], docs) == (
         ["history.md", "ports/harbor.txt", "ports/harbor.txt", "ports/mill.md"], [])
+    # converted documents (PDF, DOCX, ...) are named the same ways
+    assert resolve_gold_ids(["manual", "slides/deck", "deck"], ["manual.pdf", "slides/deck.pptx"]) == (
+        ["manual.pdf", "slides/deck.pptx", "slides/deck.pptx"], [])
 
 
 def test_unknown_or_ambiguous_gold_doc_ids_are_refused_with_the_closest_ids(ws):

@@ -54,8 +54,9 @@ def test_jsonl_errors_name_file_and_line(tmp_path, content, fragment):
 def test_unsupported_file_and_empty_folder(tmp_path):
     with pytest.raises(DocumentError, match="no documents found"):
         load_documents(tmp_path)
-    (tmp_path / "x.pdf").write_bytes(b"%PDF")
-    with pytest.raises(DocumentError, match=r"x\.pdf: unsupported document type '.pdf'"):
+    (tmp_path / "x.rtf").write_bytes(b"{\\rtf1 text}")
+    with pytest.raises(DocumentError, match=r"x\.rtf: unsupported document type '.rtf'; knowledge.documents takes "
+                                            r"\.csv, \.docx, \.epub, \.htm, \.html, \.jsonl, \.markdown, \.md, \.pdf"):
         load_documents(tmp_path)
 
 
