@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast browser demo ui bench lint clean
+.PHONY: install test test-fast test-harness browser demo ui bench lint clean
 
 install: $(STAMP)
 
@@ -43,6 +43,22 @@ browser:
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser" tests
+
+# lm-evaluation-harness against `adaptflow serve` (docs/harness.md), apart from `make test`: the first run trains
+# the triage system (~10 CPU minutes; kept under $ADAPTFLOW_HOME/harness). lm-eval gets a venv of its own (its
+# pins are not ours; no torch there: its API models need only a tokenizer, the project's transformers version).
+HARNESS_VENV := .venv-harness
+LM_EVAL_VERSION := 0.4.13
+HARNESS_STAMP := $(HARNESS_VENV)/.installed-lm-eval-$(LM_EVAL_VERSION)
+$(HARNESS_STAMP): $(STAMP)
+	@test -x $(HARNESS_VENV)/bin/python || $(PYTHON) -m venv $(HARNESS_VENV)
+	$(HARNESS_VENV)/bin/python -m pip install -q 'lm-eval[api]==$(LM_EVAL_VERSION)' \
+	  "transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')"
+	rm -f $(HARNESS_VENV)/.installed-*
+	touch $@
+
+test-harness: install $(HARNESS_STAMP)
+	ADAPTFLOW_HARNESS=1 $(PY) -m pytest -q -s -m harness tests/harness
 
 DEMO_SPEC ?= specs/lore-assistant.yaml
 DEMO_QUESTION ?= Who founded the tidal turbine company Lumen Dynamics?

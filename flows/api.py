@@ -37,10 +37,13 @@ from flows.api_generate import (
     citations,
     failure,
     new_id,
+    prepare_completion,
+    scored_only,
     sse,
     text_logprobs,
     timings,
     usage,
+    with_stop_token,
 )
 from flows.api_metrics import Metrics
 from flows.api_requests import (
@@ -50,7 +53,7 @@ from flows.api_requests import (
     Generation,
     Limits,
     check_chat,
-    check_generation,
+    check_completion,
     error,
     parse,
 )
@@ -154,7 +157,7 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         req = parse(body, parsed)
         if isinstance(req, JSONResponse):
             return req
-        refused = check_chat(req, limits) if kind == "chat" else check_generation(req, limits)
+        refused = check_chat(req, limits) if kind == "chat" else check_completion(req, limits)
         if refused is not None:
             return refused
         label, entry = req.model.strip(), None
@@ -231,30 +234,37 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
         }
 
     async def _completion(request: Request, system, req: CompletionRequest, limits: Limits):
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = req.prompts()
         if len(prompts) != 1 and req.stream:
             return error(400, "stream with several prompts is not supported; send one prompt", param="prompt")
         if not prompts or len(prompts) * req.n > limits.max_n:
             return error(400, f"{len(prompts)} prompts x n={req.n}; this server allows 1 to {limits.max_n} choices",
                          param="prompt")
-        ext = req.adaptflow
-        subs = []
-        for prompt in prompts:
-            prepared = await run_in_threadpool(system.prepare_text, prompt, use_retrieval=bool(ext.retrieval),
-                                               top_k=ext.top_k)
-            subs.append(Submission(system, prepared, _params(req, req.logprobs, None), ext.adapter, limits))
+        ext, tok = req.adaptflow, system.handle.tokenizer
+        prepared = [await run_in_threadpool(prepare_completion, system, p, ext) for p in prompts]
+        scores = [None] * len(prompts)
+        if req.echo and req.logprobs is not None:  # scored before anything is queued: a too-long prompt fails first
+            scores = [await run_in_threadpool(system.prompt_logprobs, p.ids, req.logprobs, ext.adapter,
+                                              limits.max_context) for p in prepared]
+        subs = [Submission(system, p, _params(req, req.logprobs, None), ext.adapter, limits) if req.max_tokens else None
+                for p in prepared]
         if req.stream:
             return _sse(request, subs[0], req, "completion")
-        choices, n_prompt, every, tok = [], 0, [], system.handle.tokenizer
-        for sub in subs:
-            done = await sub.completions(request)
-            _count(metrics, system, sub, done)
-            n_prompt, every = n_prompt + len(sub.prepared.ids), every + done
-            choices += [{"index": len(choices), "text": d.text, "finish_reason": d.finish_reason,
-                         "logprobs": text_logprobs(tok, d.logprobs)} for d in done]
+        choices, n_prompt, every = [], 0, []
+        for prompt, prep, sub, score in zip(prompts, prepared, subs, scores, strict=True):
+            if sub is None:
+                done = [scored_only(prep, req.logprobs is not None) for _ in range(req.n)]
+            else:
+                done = await sub.completions(request)
+                _count(metrics, system, sub, done)
+            n_prompt, every = n_prompt + len(prep.ids), every + done
+            head = (prompt if isinstance(prompt, str) else tok.decode(prompt)) if req.echo else ""
+            echoed = (prep.ids, score) if score is not None else None
+            choices += [{"index": len(choices), "text": head + d.text, "finish_reason": d.finish_reason,
+                         "logprobs": text_logprobs(tok, with_stop_token(d, req.echo), echoed)} for d in done]
         return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": req.model,
                 "system_fingerprint": system.ref, "choices": choices, "usage": usage(n_prompt, every),
-                "citations": [c for s in subs for c in citations(s.prepared)]}
+                "citations": [c for p in prepared for c in citations(p)]}
 
     return app
 

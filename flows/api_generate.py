@@ -4,6 +4,7 @@ checks), OpenAI's response and chunk shapes, and which exception becomes which H
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -132,16 +133,39 @@ def chat_logprobs(tokenizer, choices: list[TokenChoice] | None) -> dict | None:
                         for c in choices]}
 
 
-def text_logprobs(tokenizer, choices: list[TokenChoice] | None) -> dict | None:
-    if choices is None:
+def text_logprobs(tokenizer, choices: list[TokenChoice] | None,
+                  echoed: tuple[list[int], list[TokenChoice | None]] | None = None) -> dict | None:
+    """OpenAI's legacy `logprobs` object. With `echoed` (the prompt's ids and their scores, `echo`), the prompt's
+    tokens come first, the first of them with null logprob and null top_logprobs (nothing comes before it)."""
+    if choices is None and echoed is None:
         return None
-    tokens = [tokenizer.decode([c.token]) for c in choices]
-    offsets, at = [], 0
-    for t in tokens:
-        offsets.append(at)
-        at += len(t)
-    return {"tokens": tokens, "token_logprobs": [c.logprob for c in choices], "text_offset": offsets,
-            "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in c.top} for c in choices]}
+    ids, scores = echoed or ([], [])
+    pairs = [*zip(ids, scores, strict=True), *((c.token, c) for c in choices or [])]
+    tokens = [tokenizer.decode([t]) for t, _ in pairs]
+    return {"tokens": tokens, "token_logprobs": [c.logprob if c else None for _, c in pairs],
+            "text_offset": list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=0)) if tokens else [],
+            "top_logprobs": [{tokenizer.decode([t]): lp for t, lp in c.top} if c else None for _, c in pairs]}
+
+
+def scored_only(prepared: Prepared, logprobs: bool) -> Completion:
+    """The choice of a `max_tokens: 0` request (echo): nothing generated."""
+    return Completion("", [], [] if logprobs else None, "length", len(prepared.ids), 0, 0.0, 0.0, 0.0)
+
+
+def prepare_completion(system, prompt: str | list[int], ext) -> Prepared:
+    """A completion prompt as the model reads it: text (retrieved chunks before it, if asked for) or token ids."""
+    if isinstance(prompt, str):
+        return system.prepare_text(prompt, use_retrieval=bool(ext.retrieval), top_k=ext.top_k)
+    return system.prepare_ids(prompt)
+
+
+def with_stop_token(done: Completion, echo: bool) -> list[TokenChoice] | None:
+    """A completion's token choices; with echo, a generation that ended on the end-of-sequence token carries it last,
+    as vLLM's do: lm-eval's loglikelihood reads `token_logprobs[ctxlen:-1]` of echo + max_tokens 1, so the prompt's
+    last token must not be the one dropped. Without echo the tokens join to the text, as before."""
+    if echo and done.logprobs is not None and done.stop_choice is not None:
+        return [*done.logprobs, done.stop_choice]
+    return done.logprobs
 
 
 def citations(prepared: Prepared) -> list[dict]:

@@ -21,7 +21,7 @@ REFUSED = {  # field -> why; a request that sets any of these gets a 400 naming 
     "parallel_tool_calls": "tool calling is not supported by this server",
     "audio": "audio output is not supported", "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported", "logit_bias": "logit_bias is not supported",
-    "suffix": "suffix (fill-in-the-middle) is not supported", "echo": "echo is not supported",
+    "suffix": "suffix (fill-in-the-middle) is not supported",
     "web_search_options": "web search is not supported", "reasoning_effort": "these models do not reason",
 }
 
@@ -144,9 +144,20 @@ class ChatRequest(Generation):
 
 
 class CompletionRequest(Generation):
-    prompt: str | list[str]
+    """`prompt` as text, texts, token ids or lists of token ids (as vLLM takes it); `echo` returns the prompt
+    before the completion, with each prompt token's logprob under `logprobs` (lm-evaluation-harness's
+    loglikelihood requests); `max_tokens: 0` with echo scores the prompt without generating."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)
+    echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a text, or the token ids of one prompt."""
+        one = isinstance(self.prompt, str) or (bool(self.prompt) and isinstance(self.prompt[0], int))
+        return [self.prompt] if one else list(self.prompt)
 
 
 class EmbeddingRequest(Strict):
@@ -197,8 +208,27 @@ def check_chat(req: ChatRequest, limits: Limits) -> JSONResponse | None:
     return check_generation(req, limits)
 
 
+def check_completion(req: CompletionRequest, limits: Limits) -> JSONResponse | None:
+    if req.max_tokens == 0 and not req.echo:
+        return error(400, "max_tokens: 0 needs echo: true (the prompt's logprobs, nothing generated); "
+                          "ask for at least 1 token", param="max_tokens")
+    if req.echo and req.stream:
+        return error(400, "echo with stream is not supported; send stream: false", param="echo",
+                     code="unsupported_parameter")
+    if req.echo and req.adaptflow.retrieval:
+        return error(400, "echo with adaptflow.retrieval is not supported: the echoed prompt would not be the one "
+                          "sent; leave retrieval off", param="echo", code="unsupported_parameter")
+    if req.adaptflow.retrieval and any(not isinstance(p, str) for p in req.prompts()):
+        return error(400, "adaptflow.retrieval needs text prompts (it searches with the prompt's text); "
+                          "send the prompt as a string", param="prompt")
+    if any(isinstance(p, list) and not p for p in req.prompts()):
+        return error(400, "prompt: a list of token ids is empty; send at least one token", param="prompt")
+    return check_generation(req, limits)
+
+
 def check_generation(req: Generation, limits: Limits) -> JSONResponse | None:
-    req.max_tokens = req.max_tokens or limits.default_max_tokens
+    if req.max_tokens is None:
+        req.max_tokens = limits.default_max_tokens
     if req.max_tokens > limits.max_tokens_cap:
         return error(400, f"max_tokens {req.max_tokens} is over this server's cap of {limits.max_tokens_cap}; "
                           "ask for fewer", param="max_tokens")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from adaptflow.system.types import Citation
 
-__all__ = ["Prepared", "PromptTooLong", "eos_ids", "generate_texts", "sampling_kwargs", "soft_prompt_prefill"]
+__all__ = ["Prepared", "PromptTooLong", "eos_ids", "generate_texts", "prompt_logprobs", "sampling_kwargs",
+           "soft_prompt_prefill"]
 
 
 def sampling_kwargs(temperature: float = 0.0, top_p: float = 1.0) -> dict:
@@ -46,6 +47,23 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
         if on_batch is not None:
             on_batch(min(start + batch_size, len(order)), len(order))
     return outputs
+
+
+def prompt_logprobs(model, ids: list[int], top: int = 0) -> list:
+    """Each of `ids`' log-probability given the ones before it, from one forward pass of `model` (None for the
+    first, which has no context), with the `top` most likely tokens at each position.
+
+    A soft prompt's virtual tokens (prompt tuning, p-tuning) come before the row's own logits: they are read and
+    not returned; a prefix is in the cache and has no logits. Call it under the base's lock."""
+    import torch
+
+    from components.serving.sampling import scored
+
+    if not ids:
+        return []
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -len(ids):]
+    return [None, *scored(logits[:-1], ids[1:], top)]
 
 
 def eos_ids(model, tokenizer) -> set[int]:

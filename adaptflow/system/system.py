@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from adaptflow.system.generation import Prepared, PromptTooLong, eos_ids, generate_texts, soft_prompt_prefill
+from adaptflow.system.generation import (
+    Prepared,
+    PromptTooLong,
+    eos_ids,
+    generate_texts,
+    prompt_logprobs,
+    soft_prompt_prefill,
+)
 from adaptflow.system.pool import attach_adapter, injected, peft_type, release_adapter, shared_base
 from adaptflow.system.stream import Stream
 from adaptflow.system.types import Answer, Citation, Usage
@@ -28,7 +35,7 @@ from components.precision import task_precision
 from components.prompting import format_context, last_user_text, question_messages, with_context
 from components.serving.embedding import batching
 from components.serving.engine import Completion, Route, Row
-from components.serving.sampling import SamplingParams
+from components.serving.sampling import SamplingParams, TokenChoice
 from components.spec import TaskSpec
 
 __all__ = ["System", "load_system"]
@@ -184,6 +191,13 @@ class System:
             prompt = f"Context:\n{format_context([(h.title, h.text) for h in hits])}\n\n{prompt}"
         return Prepared(self._encode(prompt), _citations(hits), took)
 
+    def prepare_ids(self, ids: list[int]) -> Prepared:
+        """A completion prompt sent as token ids (lm-evaluation-harness tokenizes its own requests): taken as is."""
+        vocab = self.handle.vocab_size
+        if bad := [t for t in ids if not 0 <= t < vocab]:
+            raise ValueError(f"prompt: token id {bad[0]} is outside this model's vocabulary (0 to {vocab - 1})")
+        return Prepared(list(ids), [])
+
     def _encode(self, prompt: str) -> list[int]:
         return self.handle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
@@ -212,6 +226,16 @@ class System:
         if peft is None or self.handle.peft_type != "LORA":
             return False
         return not use_adapter or not getattr(peft.peft_config[self.adapter_name], "use_dora", False)
+
+    def prompt_logprobs(self, ids: list[int], top: int = 0, use_adapter: bool = True,
+                        max_context: int | None = None) -> list[TokenChoice | None]:
+        """[None, TokenChoice, ...]: each prompt token's log-probability as this system serves it (adapter applied
+        or not), with the `top` most likely tokens; one forward pass, outside the engine, under the base's lock."""
+        limit = min(self.handle.context_tokens, max_context or self.handle.context_tokens)
+        if len(ids) > limit:
+            raise PromptTooLong(f"this model's context is {limit} tokens; the prompt has {len(ids)}. Shorten it")
+        with self.using(use_adapter) as model:
+            return prompt_logprobs(model, ids, top)
 
     def submit(self, prepared: Prepared, params: SamplingParams, put, *, use_adapter: bool = True, index: int = 0,
                timeout_s: float | None = None, max_context: int | None = None) -> Row:

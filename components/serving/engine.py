@@ -108,6 +108,7 @@ class Completion:
     queue_s: float
     ttft_s: float
     total_s: float
+    stop_choice: TokenChoice | None = None  # with logprobs: the end-of-sequence token that ended it (vLLM returns it)
 
 
 @dataclass(eq=False)
@@ -131,6 +132,7 @@ class Row:
     admitted: float = 0.0
     first_token: float | None = None
     finished: bool = False
+    stop_choice: TokenChoice | None = None
     solo: bool = False  # set after a shared forward pass failed: the row runs alone to find the culprit
 
     def __post_init__(self):
@@ -156,6 +158,8 @@ class Row:
         if self.first_token is None:
             self.first_token = time.monotonic()
         if choice.token in self.eos:
+            if self.params.logprobs:
+                self.stop_choice = choice
             return self.finish("stop")
         self.generated.append(choice.token)
         if self.params.logprobs:
@@ -180,7 +184,7 @@ class Row:
         first = self.first_token or now
         done = Completion(self.tracker.text, list(self.generated), self.choices if self.params.logprobs else None,
                           reason, len(self.prompt_ids), len(self.generated), self.admitted - self.submitted,
-                          first - self.submitted, now - self.submitted)
+                          first - self.submitted, now - self.submitted, self.stop_choice)
         self.finished = True
         self.put(("done", self.index, done))
         return True

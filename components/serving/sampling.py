@@ -59,6 +59,18 @@ def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return TokenChoice(token, float(logprobs[token]), top)
 
 
+def scored(logits: torch.Tensor, targets: list[int], top: int = 0) -> list[TokenChoice]:
+    """Each target token's log-probability under its row of `logits` ([len(targets), vocab]), with the `top` most
+    likely tokens of each row: a prompt's own tokens scored (`echo` with `logprobs`)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    picked = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])[:, 0].tolist()
+    if not top:
+        return [TokenChoice(t, lp) for t, lp in zip(targets, picked, strict=True)]
+    values, ids = torch.topk(logprobs, min(top, MAX_TOP_LOGPROBS), dim=-1)
+    return [TokenChoice(t, lp, list(zip(i, v, strict=True)))
+            for t, lp, i, v in zip(targets, picked, ids.tolist(), values.tolist(), strict=True)]
+
+
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches top_p (always at least one)."""
     sorted_probs, order = torch.sort(probs, descending=True)
