@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-harness browser demo ui bench lint clean
+.PHONY: install test test-fast test-harness test-engines export-tools browser demo ui bench lint clean
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install browser
+test: install browser export-tools
 	$(PY) -m pytest -q tests
 
 # The browser test drives Debian's Chromium (no browser download at run time). Installed system-wide
@@ -41,8 +41,25 @@ browser:
 	  else echo "error: $(CHROMIUM) is missing and this user cannot install it; run: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
 	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) is still missing after apt; the browser test cannot run" >&2; exit 1; }
 
-test-fast: install
+test-fast: install export-tools
 	$(PY) -m pytest -q -m "not slow and not browser" tests
+
+# `adaptflow export --to gguf|ollama` runs llama.cpp's own converter (docs/export.md). It ships only in llama.cpp's
+# source; the llama-cpp-python sdist vendors it. Downloaded here, at install time, so exports need no network:
+# the first export unpacks the converter (sha256-checked) into $ADAPTFLOW_HOME/tools. The version is pinned in
+# components/export_gguf.py (LLAMA_CPP_PYTHON, SDIST_SHA256).
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_SDIST := $(VENV)/share/adaptflow/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
+$(LLAMA_CPP_SDIST): | $(STAMP)
+	$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(dir $@)
+export-tools: install $(LLAMA_CPP_SDIST)
+
+# The exports checked by llama.cpp itself, and q4_k_m (llama.cpp's quantizer): llama-cpp-python has no Linux
+# wheel, so this builds one (C++, ~26 min on 2 shared cores; kept in pip's wheel cache), then runs the slow tests.
+test-engines: export-tools
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	  $(PY) -m pip install -q llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	$(PY) -m pytest -q -m slow tests/components/test_export.py
 
 # lm-evaluation-harness against `adaptflow serve` (docs/harness.md), apart from `make test`: the first run trains
 # the triage system (~10 CPU minutes; kept under $ADAPTFLOW_HOME/harness). lm-eval gets a venv of its own (its

@@ -3,7 +3,8 @@
 peft can merge LoRA into bitsandbytes layers by dequantizing, adding and re-quantizing each
 weight in place, which silently rounds the adapter away. Instead: a quantized base is
 dequantized to float32 first (the exact weights training saw), the adapter merged into those,
-and the result saved in float32 safetensors. Re-quantizing is an explicit, separate option.
+and the result saved in float32 safetensors (or bfloat16 when asked: a cast of the float32 merge, for
+engines that load it). Re-quantizing is an explicit, separate option.
 Each step's logit drift against the served model (base + adapter, unmerged) is reported.
 """
 
@@ -14,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import PeftMixedModel, PeftModel
 
+from components import hybrid
 from components.adapter_io import METHOD_FILE, load_adapter
 from components.methods import is_quantized
 from components.spec import PROMPT_LEARNING, BaseModelSpec, QuantizationSpec
@@ -48,6 +50,12 @@ def _method(adapter_dir: Path) -> str:
     return str(config.get("peft_type", "unknown")).lower()
 
 
+def hybrid_kind(adapter_dir: Path) -> str | None:
+    """'mixed' (low-rank tuners together: mergeable) or 'prompt' (a soft prompt part) for a hybrid, else None."""
+    manifest = Path(adapter_dir) / hybrid.MANIFEST
+    return json.loads(manifest.read_text())["kind"] if manifest.exists() else None
+
+
 def _probe_ids(tokenizer, vocab_size: int) -> torch.Tensor:
     if tokenizer is None:
         return torch.randint(0, vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -67,9 +75,11 @@ def _has_quantized_layers(model) -> bool:
 
 def merge_adapter(
     base_model, adapter_dir: Path, out_dir: Path, *, tokenizer=None, requantize: QuantizationSpec | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> MergeReport:
     """Merge `adapter_dir` into `base_model` (as `load_model` returns it, 4-bit or not) and save a
-    float32 model folder at `out_dir`; optionally reload it re-quantized and report that drift too."""
+    float32 model folder at `out_dir` (`dtype` casts the float32 merge before saving; the drift reported is
+    the float32 merge's); optionally reload it re-quantized and report that drift too."""
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     method = _method(adapter_dir)
     if method in PROMPT_LEARNING:
@@ -77,11 +87,16 @@ def merge_adapter(
             f"{adapter_dir}: a {method} adapter adds virtual tokens, not weight deltas, so there is nothing to merge; "
             "serve the base model with the adapter (components.adapter_io.load_adapter) instead"
         )
+    if hybrid_kind(adapter_dir) == "prompt":
+        raise ValueError(
+            f"{adapter_dir}: this hybrid's soft prompt adds virtual tokens, which no weight can hold, so it cannot be "
+            "merged; serve the base model with the adapter (components.adapter_io.load_adapter) instead"
+        )
     ids = _probe_ids(tokenizer, base_model.config.vocab_size)
     quantized, device = is_quantized(base_model), next(base_model.parameters()).device
     tuned = load_adapter(base_model, adapter_dir)
     reference = _logits(tuned, ids)  # what is served: base (as loaded) + adapter
-    if isinstance(tuned, PeftModel):
+    if isinstance(tuned, PeftModel | PeftMixedModel):  # a mixed model: a hybrid of low-rank tuners
         base = tuned.unload()  # drop the adapter layers, keep the base untouched
         if quantized:
             base = base.dequantize(dtype=torch.float32)  # the weights training saw, in float32
@@ -91,9 +106,10 @@ def merge_adapter(
     if _has_quantized_layers(merged):
         raise RuntimeError("merge produced 4-bit/8-bit layers; refusing to save a merge into quantized weights")
     merged = merged.to(torch.float32)
-    report = MergeReport(str(out_dir), method, quantized, "float32", (_logits(merged, ids) - reference).abs().max().item())
+    drift = (_logits(merged, ids) - reference).abs().max().item()
+    report = MergeReport(str(out_dir), method, quantized, str(dtype).removeprefix("torch."), drift)
     out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out_dir, safe_serialization=True)
+    merged.to(dtype).save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     if requantize is not None:

@@ -12,6 +12,7 @@ from flows import (
     cmd_chat,
     cmd_compare,
     cmd_compose,
+    cmd_export,
     cmd_index,
     cmd_inspect,
     cmd_query,
@@ -44,6 +45,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 COMMANDS = (
     cmd_spec.validate, cmd_spec.schema, cmd_spec.plan, cmd_index.index, cmd_run.run, cmd_compare.compare,
     cmd_query.query, cmd_query.serve, cmd_ui.ui, cmd_worker.worker, cmd_chat.chat, cmd_inspect.inspect, cmd_compose.compose,
+    cmd_export.export,
 )
 for command in COMMANDS:
     app.command()(command)
