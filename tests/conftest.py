@@ -57,6 +57,13 @@ def make_tiny_llama(tokenizer, seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
 
 
+def save_tiny_llama(folder: Path, tokenizer, **overrides) -> Path:
+    """`make_tiny_llama` saved with the tokenizer as a normal HF folder (config, safetensors, tokenizer)."""
+    make_tiny_llama(tokenizer, **overrides).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_llama(tokenizer):
     return make_tiny_llama(tokenizer)
@@ -65,10 +72,7 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama saved as a normal HF folder (config, safetensors, tokenizer)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
 
 
 def make_tiny_embedder_dir(folder: Path, seed: int = 0, hidden: int = 32) -> Path:

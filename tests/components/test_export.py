@@ -383,8 +383,13 @@ def test_gguf_lora_adapter_keeps_every_module(world, tmp_path):
     assert {p.name for p in (tmp_path / "l").iterdir()} == {"triage-v1-lora-f16.gguf", "base-f16.gguf", "export.json"}
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(llama_cpp_version() is None, reason="llama-cpp-python is not installed (make test-engines)")
+def needs_llama_cpp(test):
+    """Slow, and run only where llama-cpp-python is installed (make test-engines)."""
+    skip = pytest.mark.skipif(llama_cpp_version() is None, reason="llama-cpp-python is not installed (make test-engines)")
+    return pytest.mark.slow(skip(test))
+
+
+@needs_llama_cpp
 def test_llama_cpp_runs_the_gguf(world, tmp_path):
     reg, _, _ = world
     result = export_version(reg, "triage@v1", "gguf", tmp_path / "g", gguf_type="q8_0")
@@ -393,8 +398,7 @@ def test_llama_cpp_runs_the_gguf(world, tmp_path):
     assert check["prompts"] == 6 and check["agreement"] >= TOLERANCES["q8_0"][1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(llama_cpp_version() is None, reason="llama-cpp-python is not installed (make test-engines)")
+@needs_llama_cpp
 def test_q4_k_m_comes_from_llama_cpp_quantizer(world, tmp_path):
     reg, _, _ = world
     result = export_version(reg, "triage@v1", "gguf", tmp_path / "q", gguf_type="q4_k_m")

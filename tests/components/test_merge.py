@@ -14,7 +14,7 @@ from components.merge import merge_adapter
 from components.models import load_model
 from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec
 from components.train import train
-from tests.conftest import make_tiny_llama
+from tests.conftest import save_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("merge")
-    base = root / "base"
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_tiny_llama(root / "base", tokenizer, tie_word_embeddings=False)
     data = root / "train.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Is {n} even?"},
                           {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(6)]

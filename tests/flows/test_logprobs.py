@@ -19,7 +19,7 @@ from components.registry import Registry
 from components.registry_lineage import manifest_base
 from components.spec import TaskSpec
 from flows.api import create_app
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, save_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOP = 3
@@ -57,9 +57,7 @@ def register(reg: Registry, tokenizer, base: Path, name: str, adapter: dict, see
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("logprobs")
-    base = root / "base"
-    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_tiny_llama(root / "base", tokenizer, tie_word_embeddings=False)
     reg = Registry(root / "registry")
     adapters = {name: register(reg, tokenizer, base, name, adapter, seed, root / "staging")
                 for seed, (name, adapter) in enumerate(METHODS.items(), 1)}
