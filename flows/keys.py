@@ -8,6 +8,7 @@ import pkgutil
 import platform
 from pathlib import Path
 
+from components.harness_eval import cache_view, task_digests
 from components.models import resolve_model
 from components.reader import reader_mode
 from components.registry import Version
@@ -49,6 +50,7 @@ def data_hashes(spec: TaskSpec) -> dict[str, str]:
         for field in ("data", "forgetting_text"):
             if (path := getattr(spec.evaluation, field)) is not None:
                 out[f"evaluation.{field}"] = path_digest(path)
+        out |= task_digests(spec, path_digest)  # evaluation.forgetting.harness: local task YAMLs
     return out
 
 
@@ -82,8 +84,9 @@ def reader_key(spec: TaskSpec) -> str:
     shipped = shipped_record(spec)
     if shipped is not None:  # the shipped weights: their files' hashes are the stage's whole input
         return digest("reader-shipped", shipped["base_weights_hash"], shipped["files"], shipped["recipe"])
-    base = resolve_model(spec.base_model, verify=False)
-    return digest("reader", spec.base_model.model_dump(mode="json"), base.weights_hash, _section(reader_behavior()),
+    model = spec.reading_model  # the reader belongs to the model that writes the answers (knowledge.reader_model)
+    base = resolve_model(model, verify=False)
+    return digest("reader", model.model_dump(mode="json"), base.weights_hash, _section(reader_behavior()),
                   path_digest(reader_data()), package_version(STAGE_CODE))
 
 
@@ -114,10 +117,22 @@ def index_key(spec: TaskSpec) -> str:
 def eval_key(spec: TaskSpec, decision: Route, train_key: str | None, index_key: str | None,
              reader_key: str | None = None) -> str:
     """The eval stage's key from its upstream stages' keys (None for a stage the route skips)."""
-    ev = spec.evaluation.model_dump(mode="json", exclude={"data", "forgetting_text", "gates", "promote_to"}) if spec.evaluation else None
+    ev = spec.evaluation.model_dump(mode="json", exclude={"data", "forgetting_text", "forgetting", "gates", "promote_to"}) if spec.evaluation else None
+    if ev is not None and spec.evaluation.forgetting is not None:  # its local paths by name: task_digests has content
+        ev["forgetting"] = cache_view(spec.evaluation.forgetting)
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
     return digest("eval", decision.label, train_key, index_key, ev, hashes, spec.knowledge.top_k if spec.knowledge else None,
-                  package_version(STAGE_CODE), package_version(SERVED_CODE), *([reader_key] if reader_key else []))
+                  package_version(STAGE_CODE), package_version(SERVED_CODE), *([reader_key] if reader_key else []),
+                  *_reader_model_part(spec))
+
+
+def _reader_model_part(spec: TaskSpec) -> list:
+    """`knowledge.reader_model` (its settings and weights) when set: it writes the answers the eval and probe
+    stages score. Empty when unset, so a spec without it keys as before."""
+    if spec.knowledge is None or spec.knowledge.reader_model is None:
+        return []
+    model = spec.knowledge.reader_model
+    return [model.model_dump(mode="json"), resolve_model(model, verify=False).weights_hash]
 
 
 def wants_probe(spec: TaskSpec) -> bool:
@@ -134,7 +149,7 @@ def probe_key(spec: TaskSpec) -> str:
     return digest("probe", spec.base_model.model_dump(mode="json"), base.weights_hash, hashes,
                   index_key(spec) if spec.knowledge else None, spec.knowledge.top_k if spec.knowledge else None,
                   spec.evaluation.max_new_tokens, PROBE_ITEMS, package_version(STAGE_CODE),
-                  package_version(SERVED_CODE))
+                  package_version(SERVED_CODE), *_reader_model_part(spec))
 
 
 def cached_route(spec: TaskSpec) -> Route:

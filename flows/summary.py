@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from components.evaluate import METRIC_ORDER
+from components.harness_eval import harness_table
 from components.registry import Registry, Version, gate_status
 
 
@@ -50,6 +51,22 @@ def arm_table(report: dict) -> list[str]:
     cells = [cols] + [[r["arm"]] + [text(r, c) for c in cols[1:]] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def forgetting_lines(report: dict) -> list[str]:
+    """The adapter's forgetting: general-text perplexity, then each lm-evaluation-harness task's base and adapted
+    score with the harness's stderr (`evaluation.forgetting.harness`)."""
+    f = report.get("forgetting")
+    if not f:
+        return []
+    lines = [f"forgetting: general-text perplexity {f['base_ppl']:.2f} -> {f['adapter_ppl']:.2f} ({f['forgetting']:+.1%})"]
+    if f.get("harness"):
+        table = harness_table(f["harness"])
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        limit = f"limit {f['harness']['limit']}" if f["harness"]["limit"] else "every document"
+        lines.append(f"forgetting on lm-eval tasks ({limit}; drop > 0: the adapter lost ground):")
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return lines
 
 
 def gate_lines(manifest: dict[str, Any], report: dict | None = None) -> list[str]:
@@ -111,6 +128,7 @@ def run_summary(registry: Registry, ref: str, before_versions: set[int], before_
         if report.get("reader_choice"):
             c = report["reader_choice"]
             lines.append(f"  reader {'kept' if c['reader'] else 'left off'} (by {c['by']}): {c['why']}")
+        lines += forgetting_lines(report)
     lines += gate_lines(version.manifest, report)
     lines.append(alias_line(version, registry.aliases(version.name), before_aliases))
     lines.append(f"report: {version.path / 'eval' / 'report.md'}")
