@@ -127,7 +127,7 @@ def _shown(path: Path) -> str:
 def _data_note(splits: DataSplits, data: BehaviorDataSpec) -> str:
     """'behavior data: train 240 chat rows (data/train.jsonl, jsonl); eval 60 chat rows (...)'."""
     def where(source: DataSource) -> str:
-        return f"{_shown(source.path)}, {source.kind}{f' split {source.split}' if source.split else ''}"
+        return f"{_shown(source.path)}, {source.label}"
 
     train = f"train {len(splits.train)} {data.format} rows ({where(splits.train_source)})"
     if splits.eval_source is not None:
@@ -196,7 +196,22 @@ def _other_inputs(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
             issues.append(SpecIssue(str(spec_file), None, "knowledge.documents", str(exc)))
         else:
             issues += gold_id_issues(str(ev.data), rows, [d.doc_id for d in docs]) if rows else []
+        issues += _reader_model_issues(spec, spec_file)
     return issues
+
+
+def _reader_model_issues(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssue]:
+    """With `knowledge.reader_model`, a registered reader (NAME@REF) must be an adapter of that model (issue 24)."""
+    if spec.knowledge.reader_model is None or "@" not in spec.knowledge.reader:
+        return []
+    from components.reader import ReaderError, registered_reader
+    from components.registry_files import RegistryError
+
+    try:
+        registered_reader(spec, spec.knowledge.reader)
+    except (ReaderError, RegistryError) as exc:
+        return [SpecIssue(str(spec_file), None, "knowledge.reader", str(exc))]
+    return []
 
 
 def check_registry_writable(root: Path, name: str | None = None) -> None:

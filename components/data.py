@@ -30,6 +30,7 @@ from components.data_files import (
 )
 from components.data_formats import RowError, row_messages
 from components.spec import BehaviorDataSpec
+from components.spec.behavior import ShareGPTTagsSpec
 
 IGNORE_INDEX = -100
 EVAL_SPLIT_SEED = 0
@@ -64,7 +65,8 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 # --- reading -------------------------------------------------------------------------------
 
 
-def read_examples(source: DataSource, fmt: str, columns: dict[str, str] | None = None) -> list[Example]:
+def read_examples(source: DataSource, fmt: str, columns: dict[str, str] | None = None,
+                  tags: ShareGPTTagsSpec | None = None) -> list[Example]:
     """Every row of one source, or a DataError listing the first problems (all rows are checked)."""
     try:
         rows = list(read_rows(source))
@@ -75,7 +77,7 @@ def read_examples(source: DataSource, fmt: str, columns: dict[str, str] | None =
     examples, problems = [], []
     for where, row in rows:
         try:
-            examples.append(Example(messages=row_messages(row, fmt, columns or {}), source=str(where)))
+            examples.append(Example(messages=row_messages(row, fmt, columns or {}, tags), source=str(where)))
         except RowError as exc:
             problems.append((where, str(exc)))
     if problems:
@@ -100,10 +102,10 @@ def load_splits(data: BehaviorDataSpec) -> DataSplits:
     """Both splits. Eval rows: `data.eval`; else a DatasetDict's validation/test split next to its train split;
     else `eval_split` of train, held out with a fixed seed."""
     source = data_source(Path(data.train), "train")
-    train = read_examples(source, data.format, data.columns)
+    train = read_examples(source, data.format, data.columns, data.tags)
     held = data_source(Path(data.eval), "eval") if data.eval is not None else held_out_source(source)
     if held is not None:
-        return DataSplits(train, read_examples(held, data.format, data.columns), source, held)
+        return DataSplits(train, read_examples(held, data.format, data.columns, data.tags), source, held)
     if data.eval_split == 0:
         return DataSplits(train, [], source, None)
     n_eval = max(1, round(len(train) * data.eval_split))

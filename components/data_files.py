@@ -1,8 +1,10 @@
 """Behavior data files: where a split's rows are, one reader per file type, and the column mapping.
 
 File types: .jsonl; .json (a JSON array of row objects, or JSON Lines, as Hugging Face's json loader reads
-both); .csv; .parquet; and a folder written by `datasets`' `save_to_disk`. That folder is read with pyarrow
-alone (its Arrow stream shards, in the order its state.json lists them, as `load_from_disk` reads them), so
+both); .csv; .parquet; a folder written by `datasets`' `save_to_disk`; and a folder of .parquet files laid out
+as on the Hugging Face Hub (`data/train-00000-of-00001.parquet`, `train/0000.parquet`), each file's split read
+from its file or folder name as `datasets`' data-file patterns read it. Both folders are read with pyarrow
+alone (save_to_disk's Arrow stream shards, in the order its state.json lists them, as `load_from_disk` reads them), so
 `datasets` need not be installed to train on one. Row formats (chat, sharegpt, ...) are `components.data`'s.
 Every error names the file, the line (jsonl, json, csv) or row (parquet, datasets; counted from 1), and the fix.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +52,52 @@ def file_error(path: Path | str, message: str) -> DataError:
 
 @dataclass(frozen=True)
 class DataSource:
-    path: Path  # the file, or the datasets folder holding the rows (a DatasetDict's split folder)
-    kind: str  # jsonl | json | csv | parquet | datasets
-    split: str | None = None  # the DatasetDict split `path` was taken from
+    path: Path  # the file, or the datasets folder holding the rows (a DatasetDict's split folder, a Hub folder)
+    kind: str  # jsonl | json | csv | parquet | datasets | hub (a folder of .parquet files, split by name)
+    split: str | None = None  # the DatasetDict or Hub split `path` was taken from
+
+    @property
+    def label(self) -> str:
+        """'jsonl', 'datasets split test', 'parquet files split train': how validate and errors name the source."""
+        kind = "parquet files" if self.kind == "hub" else self.kind
+        return f"{kind}{f' split {self.split}' if self.split else ''}"
 
     def __str__(self) -> str:
-        return f"{self.path} ({self.kind}{f', split {self.split}' if self.split else ''})"
+        return f"{self.path} ({self.label.replace(' split', ', split')})"
+
+
+# The Hub's split names, as `datasets`' data-file patterns spell them (datasets.data_files.SPLIT_KEYWORDS): a file
+# or folder name holding one of these, delimited by -._ digits or the name's ends, is in that split; others in train.
+HUB_SPLITS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+              "test": ("test", "testing", "eval", "evaluation")}
+_NAME_WORDS = re.compile(r"[-._ 0-9]+")
+MAX_HUB_FILES = 10_000
+
+
+def hub_split(rel: Path) -> str:
+    """The split of a .parquet file of a Hub folder, by its name first, then its folders' (nearest first)."""
+    for part in [rel.stem, *reversed(rel.parent.parts)]:
+        words = _NAME_WORDS.split(part.lower())
+        for split, keywords in HUB_SPLITS.items():
+            if any(k in words for k in keywords):
+                return split
+    return "train"
+
+
+def hub_files(folder: Path) -> dict[str, list[Path]]:
+    """The folder's .parquet files by split, each split's files sorted by name (the order `datasets` reads them);
+    files that resolve outside the folder are refused (the folder is data a user may have been sent)."""
+    root, splits = folder.resolve(), {}
+    for path in sorted(folder.rglob("*.parquet"))[:MAX_HUB_FILES + 1]:
+        if not path.is_file() or any(p.startswith(".") for p in path.relative_to(folder).parts):
+            continue  # .cache/ and other hidden files are not data, as on the Hub
+        if not path.resolve().is_relative_to(root):
+            raise file_error(path, f"resolves outside {folder}; copy the file into the folder or remove the link")
+        splits.setdefault(hub_split(path.relative_to(folder)), []).append(path)
+    if sum(len(f) for f in splits.values()) > MAX_HUB_FILES:
+        raise file_error(folder, f"holds more than {MAX_HUB_FILES} .parquet files; point behavior.data at one split's "
+                         "folder or merge the files")
+    return splits
 
 
 # --- where the rows are ----------------------------------------------------------------------
@@ -75,9 +118,12 @@ def data_source(path: Path, role: str) -> DataSource:
 
 
 def held_out_source(train: DataSource) -> DataSource | None:
-    """The eval split of the DatasetDict train came from (`validation`, else `test`), else None."""
+    """The eval split of the DatasetDict or Hub folder train came from (`validation`, else `test`), else None."""
     if train.split is None:
         return None
+    if train.kind == "hub":
+        found = hub_files(train.path)
+        return next((DataSource(train.path, "hub", s) for s in EVAL_SPLITS if s in found), None)
     folder = train.path.parent
     return next((DataSource(folder / s, "datasets", s) for s in EVAL_SPLITS if s in _splits(folder)), None)
 
@@ -91,13 +137,29 @@ def _splits(folder: Path) -> list[str]:
     return [str(s) for s in splits]
 
 
+def _hub_source(folder: Path, role: str) -> DataSource | None:
+    """A Hub folder's split for `role` (train: `train`; eval: `validation`, else `test`); None without .parquet."""
+    found = hub_files(folder)
+    if not found:
+        return None
+    wanted = ("train",) if role == "train" else EVAL_SPLITS
+    for name in wanted:
+        if name in found:
+            return DataSource(folder, "hub", name)
+    raise file_error(folder, f"holds .parquet files of the splits {', '.join(sorted(found))} but no "
+                     f"{' or '.join(wanted)} split (a file or folder named e.g. {wanted[0]}-00000-of-00001.parquet); "
+                     f"rename the files, or point behavior.data.{role} at one .parquet file")
+
+
 def _dataset_source(folder: Path, role: str) -> DataSource:
     if (folder / "state.json").is_file():
         return DataSource(folder, "datasets")
     if not (folder / "dataset_dict.json").is_file():
+        if (hub := _hub_source(folder, role)) is not None:
+            return hub
         raise file_error(folder, "is a folder without state.json or dataset_dict.json, so not one Hugging Face "
-                         "datasets' save_to_disk wrote; point behavior.data at a .jsonl, .json, .csv or .parquet "
-                         "file, or at a save_to_disk folder")
+                         "datasets' save_to_disk wrote, and without .parquet files; point behavior.data at a .jsonl, "
+                         ".json, .csv or .parquet file, a save_to_disk folder, or a folder of .parquet files")
     splits = _splits(folder)
     wanted = ("train",) if role == "train" else EVAL_SPLITS
     for name in wanted:
@@ -112,6 +174,8 @@ def _dataset_source(folder: Path, role: str) -> DataSource:
 
 def read_rows(source: DataSource) -> Iterator[tuple[RowRef, object]]:
     """Yield (where, row) for every row of the source."""
+    if source.kind == "hub":  # each file's rows, named by the file and the row within it
+        return (row for path in hub_files(source.path)[source.split] for row in _parquet_rows(path))
     return READERS[source.kind](source.path)
 
 
@@ -171,9 +235,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[RowRef, object]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[RowRef, object]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for n, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise file_error(path, f"not a readable parquet file ({exc}); re-write it (pandas' DataFrame.to_parquet, "
+                         "datasets' Dataset.to_parquet) or remove it") from None
+    for n, row in enumerate(rows, start=1):
         yield RowRef(str(path), n, "row"), row
 
 

@@ -9,8 +9,10 @@ place; `components.data.read_examples` adds the file and line/row. File types ar
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from components.data_files import rename_columns
+from components.spec.behavior import ShareGPTTagsSpec
 
 FORMAT_FIELDS = {  # the fields a row must have (components.spec.DATA_FIELDS adds the optional ones)
     "chat": ("messages",),
@@ -80,14 +82,14 @@ NO_TOOLS = (
 )
 
 
-def _refuse_tools(row: dict, raw: list, key: str, role_key: str) -> None:
+def _refuse_tools(row: dict, raw: list, key: str, role_key: str, tool_roles: tuple[str, ...] | None = None) -> None:
     for name in TOOL_FIELDS:
         if _present(row.get(name)):
             raise RowError(f"field '{name}' holds tool definitions (a tool-calling row); {NO_TOOLS}")
     for i, turn in enumerate(raw):
         if not isinstance(turn, dict):
             continue
-        if turn.get(role_key) in TOOL_ROLES[key]:
+        if turn.get(role_key) in (tool_roles or TOOL_ROLES[key]):
             raise RowError(f"{key}[{i}].{role_key} is '{turn[role_key]}', a tool turn; {NO_TOOLS}")
         for name in TOOL_CALL_FIELDS:
             if _present(turn.get(name)):
@@ -106,12 +108,12 @@ TURN_WORDS = {
 
 
 def _check_roles(messages: list[dict[str, str]], key: str = "messages", written: list[str] | None = None,
-                 offset: int = 0) -> None:
+                 offset: int = 0, words: tuple | None = None) -> None:
     """An optional system message, then user/assistant turns alternating, ending with assistant.
 
     `written`: the roles as the file spells them; `offset`: messages that precede the file's list
-    (sharegpt's `system` field)."""
-    role_key, say, noun, rule = TURN_WORDS[key]
+    (sharegpt's `system` field); `words`: TURN_WORDS' entry as `behavior.data.tags` spell it."""
+    role_key, say, noun, rule = words or TURN_WORDS[key]
     written = written or [m["role"] for m in messages]
     start = 1 if messages[0]["role"] == "system" else 0
     for i, msg in enumerate(messages):
@@ -141,26 +143,71 @@ def _chat_messages(row: dict, columns: dict[str, str]) -> tuple[dict[str, str], 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def _sharegpt_messages(row: dict, columns: dict[str, str]) -> tuple[dict[str, str], ...]:
-    """ShareGPT (LLaMA-Factory, axolotl): conversations [{from, value}], an optional `system` field first."""
-    raw = _turns(row, "conversations", "sharegpt", "[{\"from\": \"human\", \"value\": ...}, {\"from\": \"gpt\", ...}]",
-                 columns)
-    _refuse_tools(row, raw, "conversations", "from")
+@dataclass(frozen=True)
+class ShareGPTWords:
+    """How a ShareGPT file spells its turns: the defaults, or `behavior.data.tags` (LLaMA-Factory's dataset_info)."""
+
+    role: str  # the turn's key for who speaks ('from')
+    content: str  # the turn's key for the text ('value')
+    roles: dict[str, str]  # the file's role -> ours (user, assistant, system)
+    tools: tuple[str, ...]  # tool turns' roles: refused
+    tagged: bool  # from behavior.data.tags: errors say which tag to fix
+
+    @classmethod
+    def of(cls, tags: ShareGPTTagsSpec | None) -> ShareGPTWords:
+        if tags is None:
+            return cls("from", "value", SHAREGPT_ROLES, TOOL_ROLES["conversations"], False)
+        roles = {tags.user_tag: "user", tags.assistant_tag: "assistant", tags.system_tag: "system"}
+        return cls(tags.role_tag, tags.content_tag, roles, (tags.observation_tag, tags.function_tag), True)
+
+    def say(self, role: str) -> str:
+        """Our role as the file spells it (the first spelling: 'human' for user)."""
+        return next(theirs for theirs, ours in self.roles.items() if ours == role)
+
+    def turn_words(self) -> tuple:
+        say = {r: self.say(r) for r in ("system", "user", "assistant")}
+        return (self.role, say, "turn", f"turns must be an optional {say['system']} turn, then {say['user']} and "
+                f"{say['assistant']} alternating, ending with the {say['assistant']} answer")
+
+    def unknown_role(self, i: int, role: str) -> str:
+        if not self.tagged:
+            return (f"conversations[{i}].from is '{role}'; a ShareGPT turn is from human (or user), gpt (or assistant) "
+                    "or system; fix the turn, or set behavior.data.tags to the roles the file uses")
+        named = ", ".join(f"{ours}_tag '{theirs}'" for theirs, ours in self.roles.items())
+        return (f"conversations[{i}].{self.role} is '{role}', which behavior.data.tags does not name ({named}); fix "
+                "the turn, or the tag that spells this role")
+
+    def bad_turn(self, i: int) -> str:
+        fix = "fix the turn" + (", or behavior.data.tags.role_tag / content_tag" if self.tagged else
+                                ", or set behavior.data.tags {role_tag, content_tag} to the keys the file uses")
+        return f"conversations[{i}] needs string fields '{self.role}' and '{self.content}'; {fix}"
+
+
+def _sharegpt_messages(row: dict, columns: dict[str, str],
+                       tags: ShareGPTTagsSpec | None = None) -> tuple[dict[str, str], ...]:
+    """ShareGPT (LLaMA-Factory, axolotl): conversations [{from, value}], an optional `system` field first; the
+    keys and roles as `behavior.data.tags` spell them."""
+    words = ShareGPTWords.of(tags)
+    shape = (f"[{{\"{words.role}\": \"{words.say('user')}\", \"{words.content}\": ...}}, "
+             f"{{\"{words.role}\": \"{words.say('assistant')}\", ...}}]")
+    raw = _turns(row, "conversations", "sharegpt", shape, columns)
+    _refuse_tools(row, raw, "conversations", words.role, words.tools)
     messages, written = [], []
     if _present(system := row.get("system")):
         if not isinstance(system, str):
             raise RowError(f"{_field('system', columns)} must be a string, got {type(system).__name__}; quote the value")
         messages.append({"role": "system", "content": system})
-        written.append("system")
+        written.append(words.say("system"))
     for i, turn in enumerate(raw):
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
-            raise RowError(f"conversations[{i}] needs string fields 'from' and 'value'; fix the turn")
-        if turn["from"] not in SHAREGPT_ROLES:
-            raise RowError(f"conversations[{i}].from is '{turn['from']}'; a ShareGPT turn is from human (or user), "
-                           "gpt (or assistant) or system; fix the turn")
-        messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
-        written.append(turn["from"])
-    _check_roles(messages, "conversations", written, offset=len(messages) - len(raw))
+        if not (isinstance(turn, dict) and isinstance(turn.get(words.role), str)
+                and isinstance(turn.get(words.content), str)):
+            raise RowError(words.bad_turn(i))
+        role = turn[words.role]
+        if role not in words.roles:
+            raise RowError(words.unknown_role(i, role))
+        messages.append({"role": words.roles[role], "content": turn[words.content]})
+        written.append(role)
+    _check_roles(messages, "conversations", written, offset=len(messages) - len(raw), words=words.turn_words())
     return tuple(messages)
 
 
@@ -168,8 +215,9 @@ EMPTY_ANSWER = {"chat": "the last assistant message", "instruction": "'output'",
                 "sharegpt": "the last gpt turn"}
 
 
-def row_messages(row: object, fmt: str, columns: dict[str, str]) -> tuple[dict[str, str], ...]:
-    """One row of any format -> chat messages ending with the answer."""
+def row_messages(row: object, fmt: str, columns: dict[str, str],
+                 tags: ShareGPTTagsSpec | None = None) -> tuple[dict[str, str], ...]:
+    """One row of any format -> chat messages ending with the answer (`tags`: how sharegpt spells its turns)."""
     if not isinstance(row, dict):
         raise RowError(f"expected a JSON object, got {type(row).__name__}; write each row as one object of its fields")
     if columns:
@@ -177,7 +225,7 @@ def row_messages(row: object, fmt: str, columns: dict[str, str]) -> tuple[dict[s
     if fmt == "chat":
         messages = _chat_messages(row, columns)
     elif fmt == "sharegpt":
-        messages = _sharegpt_messages(row, columns)
+        messages = _sharegpt_messages(row, columns, tags)
     elif fmt == "instruction":
         instruction = _text(row, "instruction", fmt, columns)
         extra = _text(row, "input", fmt, columns, required=False)

@@ -55,7 +55,7 @@ from components.spec import (
     adapter_methods,
     remove_adapter_class,
 )
-from components.target_modules import ModuleChoice, module_choices, resolve_modules
+from components.target_modules import ADAPTER_KEY, KeyPath, ModuleChoice, module_choices, resolve_modules
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in every PeftModel constructor: a warning
 # about peft's code on every load and training run, which no user can act on.
@@ -413,6 +413,8 @@ def count_parameters_meta(config_folder: Path, adapter: AdapterSpec) -> tuple[in
     return count_parameters(model)
 
 
-def module_choices_meta(config_folder: Path, adapter: AdapterSpec) -> list[ModuleChoice]:
-    """The modules the adapter will wrap on this architecture (defaults filled in, set names checked)."""
-    return module_choices(adapter, _meta_model(config_folder))
+def module_choices_meta(config_folder: Path, adapter: AdapterSpec,
+                        loc: KeyPath = ADAPTER_KEY) -> list[ModuleChoice]:
+    """The modules the adapter (at spec key `loc`) will wrap on this architecture (defaults filled in, set names
+    checked)."""
+    return module_choices(adapter, _meta_model(config_folder), loc)

@@ -7,6 +7,7 @@ training-memory estimate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,19 +113,53 @@ def memory_estimate(spec: TaskSpec, config: dict, trainable: int, device: str, s
     }
 
 
+FINETUNE_KEY = ("knowledge", "finetune", "adapter")
+FINETUNE_DEFAULT = "knowledge.finetune's default: every linear layer but the output head"
+
+
 def module_plan(spec: TaskSpec, folder: Path, spec_file: str | None) -> list[ModuleChoice]:
     """The modules the adapter wraps on this base (an unset target_modules filled in from the architecture); a
-    name the model does not have is a spec error naming the file, the line and the key."""
+    name the model does not have is a spec error naming the file, the line and the key. With `knowledge.inject:
+    finetune | both`, the adapter is `knowledge.finetune.adapter`."""
     from components.methods import module_choices_meta
     from components.specload import spec_error_at
-    from components.target_modules import TargetModulesError
+    from components.target_modules import ADAPTER_KEY, TargetModulesError
 
+    trained_docs = spec.behavior is None
+    adapter, loc = (spec.knowledge.finetune.adapter, FINETUNE_KEY) if trained_docs else (spec.behavior.adapter,
+                                                                                       ADAPTER_KEY)
     try:
-        return module_choices_meta(folder, spec.behavior.adapter)
+        choices = module_choices_meta(folder, adapter, loc)
     except TargetModulesError as exc:
         if spec_file is None:
             raise
         raise spec_error_at(spec_file, exc.loc, exc.detail) from None
+    if trained_docs and "adapter" not in spec.knowledge.finetune.model_fields_set:  # the default: say so in derived defaults
+        choices = [dataclasses.replace(c, source=FINETUNE_DEFAULT) for c in choices]
+    return choices
+
+
+def _injects(spec: TaskSpec) -> bool:
+    return spec.knowledge is not None and spec.knowledge.inject != "rag"
+
+
+def knowledge_finetune_plan(spec: TaskSpec, plan: dict, spec_file: str | None) -> dict:
+    """`inject: finetune | both` on a spec without `behavior:`: the modules and trainable parameters of
+    `knowledge.finetune.adapter` on this base."""
+    from components.methods import count_parameters_meta
+
+    folder = _config_folder(spec)
+    if folder is None:
+        plan["notes"].append(f"no config.json for base model '{spec.base_model.id}': parameter counts skipped")
+        return plan
+    choices = module_plan(spec, folder, spec_file)
+    if choices:
+        plan["target_modules"] = [c.to_dict() for c in choices]
+    for choice in choices:
+        plan["derived_defaults"].update(choice.derived())
+    trainable, total = count_parameters_meta(folder, spec.knowledge.finetune.adapter)
+    plan["parameters"] = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+    return plan
 
 
 def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None = None) -> dict:
@@ -143,8 +178,10 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None =
                              "model on up to 16 evaluation items; docs/routing.md); the route above is the declared one")
     ev = spec.evaluation
     plan["promotion"] = promotion_rule(ev.gates if ev else {}, ev.promote_to if ev else "production")
+    if spec.knowledge is not None:
+        plan["answers"] = reading_plan(spec)  # knowledge.reader_model (issue 24)
     if spec.behavior is None:
-        return plan
+        return knowledge_finetune_plan(spec, plan, spec_file) if _injects(spec) else plan
     from components.methods import count_parameters_meta
 
     folder = _config_folder(spec)
@@ -170,3 +207,18 @@ def make_plan(spec: TaskSpec, spec_file: str | None = None, device: str | None =
 
     plan["memory_estimate"] = memory_estimate(spec, config, trainable, device or default_device(), plan.get("data"))
     return plan
+
+
+def reading_plan(spec: TaskSpec) -> dict:
+    """Which model writes the knowledge answers (`knowledge.reader_model`, else `base_model`), resolved, and the
+    reading adapter on it."""
+    from components.models import BUILTIN_MODELS, resolve_model
+    from components.reader import reader_mode
+
+    model = spec.reading_model
+    resolved = resolve_model(model, verify=False)
+    builtin = BUILTIN_MODELS.get(model.id)
+    template = model.chat_template or (builtin.chat_template if builtin else None) or "the tokenizer's own"
+    return {"model": model.id, "from": "knowledge.reader_model" if model is not spec.base_model else "base_model",
+            "path": str(resolved.path), "weights_hash": resolved.weights_hash, "chat_template": template,
+            "reader": reader_mode(spec) or "none"}

@@ -5,6 +5,8 @@ per-architecture table (the one `peft.LoraConfig(target_modules=None)` would rea
 else, for an architecture peft does not list (phi3, smollm3, ...), the attention's query and value projections
 found by name (a fused qkv layer when there is no separate pair). Names the spec sets are kept and checked here,
 so a typo is an error naming the key, the closest layer names and the fix instead of peft's ValueError.
+`all-linear` is left to peft, which wraps every linear layer but the output head; the layers it will wrap are
+named here too, so `plan` shows them per architecture (the default of `knowledge.finetune.adapter`).
 """
 
 from __future__ import annotations
@@ -49,22 +51,30 @@ class ModuleChoice:
     target_modules: list[str] | str
     feedforward_modules: list[str] | None  # IA3's; None for methods without them
     source: str  # "the spec", "peft's default for model_type 'gpt2'", "found by name: ..."
-    layers: int  # how many of the model's layers target_modules selects (0 for all-linear: peft decides)
+    layers: int  # how many of the model's layers target_modules selects
     feedforward_source: str | None = None  # "the spec" or the default's origin, with feedforward_modules
+    selects: list[str] | None = None  # for all-linear: the names of the layers peft will wrap, e.g. [c_attn, c_fc]
 
     def derived(self) -> dict[str, str]:
         """The defaults this choice filled in, as `adaptflow plan` lists them: key path -> value (origin)."""
         out = {}
         if self.source != SPEC:
-            out[f"{dotted(self.loc)}.target_modules"] = f"{_listed(self.target_modules)} ({self.source})"
+            out[f"{dotted(self.loc)}.target_modules"] = f"{self.shown()} ({self.source})"
         if self.feedforward_source not in (None, SPEC):
             out[f"{dotted(self.loc)}.feedforward_modules"] = (f"{_listed(self.feedforward_modules)} "
                                                                f"({self.feedforward_source})")
         return out
 
+    def shown(self) -> str:
+        """'[q_proj, v_proj]', or 'all-linear = [c_attn, c_proj, c_fc]' with the layers all-linear wraps."""
+        named = _listed(self.target_modules)
+        return named if self.selects is None else f"{named} = {_listed(self.selects)}"
+
     def to_dict(self) -> dict:
         out = {"key": dotted(self.loc), "target_modules": self.target_modules, "source": self.source,
                "layers": self.layers}
+        if self.selects is not None:
+            out["selects"] = self.selects
         if self.feedforward_modules is not None:
             out["feedforward_modules"] = self.feedforward_modules
         return out
@@ -113,8 +123,19 @@ def choose_modules(adapter: AdapterBase, model, loc: KeyPath = ADAPTER_KEY) -> M
     if "feedforward_modules" in fields:
         feedforward = _feedforward(adapter, model_type, layers, targets, loc)
         ff_source = SPEC if adapter.feedforward_modules is not None else "the architecture's default among target_modules"
-    count = 0 if isinstance(targets, str) else sum(1 for n in layers if any(_matches(n, t) for t in targets))
+    if isinstance(targets, str):  # all-linear: what peft will wrap, named for plan
+        linear = all_linear(model)
+        return ModuleChoice(loc, targets, feedforward, source, len(linear), ff_source, shortest_names(linear, layers))
+    count = sum(1 for n in layers if any(_matches(n, t) for t in targets))
     return ModuleChoice(loc, targets, feedforward, source, count, ff_source)
+
+
+def all_linear(model) -> list[str]:
+    """The layers peft's `all-linear` wraps, in model order: every linear layer (GPT-2's Conv1D included) but
+    the output head, as peft's `_maybe_include_all_linear_layers` picks them on a model without adapters."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [n for n, m in model.named_modules()
+            if (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D") and m is not head]
 
 
 # --- defaults -----------------------------------------------------------------------------------------

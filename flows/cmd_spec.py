@@ -59,8 +59,8 @@ def _names(names: list[str] | str) -> str:
 
 def _modules_line(choice: dict) -> str:
     """'behavior.adapter: target_modules [c_attn] on 2 layers (peft's default for model_type 'gpt2')'."""
-    where = f"on {choice['layers']} layers" if choice["layers"] else "peft picks the layers"
-    line = f"  {choice['key']}: target_modules {_names(choice['target_modules'])} {where} ({choice['source']})"
+    names = _names(choice["target_modules"]) + (f" = {_names(choice['selects'])}" if "selects" in choice else "")
+    line = f"  {choice['key']}: target_modules {names} on {choice['layers']} layers ({choice['source']})"
     if "feedforward_modules" in choice:
         line += f"; feedforward_modules {_names(choice['feedforward_modules'])}"
     return line
@@ -75,6 +75,11 @@ def render_plan(plan: dict) -> str:
     lines += ["", f"## route: {r['label']}"] + [f"  - {reason}" for reason in r["reasons"]]
     if "promotion" in plan:
         lines += ["", "## promotion", f"  {plan['promotion']}"]
+    if "answers" in plan:  # knowledge.reader_model (issue 24)
+        a = plan["answers"]
+        lines += ["", f"## knowledge answers written by {a['model']} ({a['from']})",
+                  f"  loads from {a['path']}, weights {str(a['weights_hash'])[:12]}; chat template: {a['chat_template']}; "
+                  f"reading adapter: {a['reader']}"]
     if "target_modules" in plan:
         lines += ["", "## target modules"] + [_modules_line(c) for c in plan["target_modules"]]
     if "parameters" in plan:

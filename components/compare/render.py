@@ -38,6 +38,15 @@ def _adapter_arms(report: dict) -> list[str]:
     return [a for a in ("adapter", "adapter+retrieval") if a in arms]
 
 
+def _own_base_arms(report: dict) -> list[str]:
+    """The no-adapter arms whose score differs between variants (a model axis: each variant has its own base),
+    shown as columns of their own; none when every variant shares one base."""
+    metric, ok = report["score_metric"], [r for r in report["rows"] if not r.get("error")]
+    arms = {arm for row in ok for arm in row["scores"]}
+    return [a for a in ("base", "base+retrieval") if a in arms
+            and len({row["scores"].get(a, {}).get(metric) for row in ok}) > 1]
+
+
 def table_rows(report: dict) -> list[dict]:
     """Flat rows for a Prefect table artifact: one per variant, the report's columns."""
     metric, out = report["score_metric"], []
@@ -62,8 +71,11 @@ def table_rows(report: dict) -> list[dict]:
 
 def render_markdown(report: dict, chart: str | None = None) -> str:
     """report.md: the table, the Pareto fronts, the selection and any failed variant."""
-    metric, main, arms = report["score_metric"], report["main_arm"], _adapter_arms(report)
+    metric, main, own = report["score_metric"], report["main_arm"], _own_base_arms(report)
+    arms = own + _adapter_arms(report)
     base = ", ".join(f"{arm} {v:.3f}" for arm, v in report["base_scores"].items() if v is not None) or "–"
+    if own:
+        base = f"each variant's own base model, in the {', '.join(f'`{metric} ({a})`' for a in own)} column"
     lines = [f"# Comparison of {report['name']}", "",
              f"{len(report['rows'])} variants, {report['eval_items']} eval items, greedy decoding. Score: **{metric}** "
              f"on the `{main}` arm, each with its bootstrap 95 % interval [low, high]. Without an adapter: {base}. Pareto front: no other variant scores at least as "
@@ -112,7 +124,7 @@ def plot_chart(report: dict, path: Path) -> None:
         ax.step([r["trainable_params"] for r in front], [r["score"] for r in front], where="post",
                 color="tab:orange", linewidth=1, label="Pareto front (score vs params)")
     main_base = report["base_scores"].get("base+retrieval" if report["main_arm"] == "adapter+retrieval" else "base")
-    if main_base is not None:
+    if main_base is not None and not _own_base_arms(report):  # one line only when every variant shares the base
         ax.axhline(main_base, linestyle="--", color="gray", linewidth=1, label="no adapter")
     ax.set_xscale("log")
     if rows:  # room for the labels; scores are fractions

@@ -30,10 +30,35 @@ DATA_FIELDS = {
 }
 
 
+class ShareGPTTagsSpec(Strict):
+    """How a ShareGPT file spells its turns: LLaMA-Factory's `dataset_info.json` `tags`, with its defaults."""
+
+    role_tag: str = Field("from", min_length=1, description="the turn's key that holds who speaks")
+    content_tag: str = Field("value", min_length=1, description="the turn's key that holds the text")
+    user_tag: str = Field("human", min_length=1)
+    assistant_tag: str = Field("gpt", min_length=1)
+    system_tag: str = Field("system", min_length=1)
+    observation_tag: str = Field("observation", min_length=1, description="a tool result turn: refused")
+    function_tag: str = Field("function_call", min_length=1, description="a tool call turn: refused")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ShareGPTTagsSpec:
+        roles = {k: v for k, v in self.model_dump().items() if k not in ("role_tag", "content_tag")}
+        seen: dict[str, str] = {}
+        for key, value in roles.items():
+            if value in seen:
+                raise ValueError(f"{seen[value]} and {key} are both '{value}': each role needs its own tag; fix one")
+            seen[value] = key
+        if self.role_tag == self.content_tag:
+            raise ValueError(f"role_tag and content_tag are both '{self.role_tag}'; a turn keeps them in two keys")
+        return self
+
+
 class BehaviorDataSpec(Strict):
-    train: SpecPath = Field(description="a .jsonl, .json (array or JSON Lines), .csv or .parquet file, or a folder "
+    train: SpecPath = Field(description="a .jsonl, .json (array or JSON Lines), .csv or .parquet file, a folder "
                             "written by Hugging Face `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (its "
-                            "`train` split)")
+                            "`train` split), or a folder of .parquet files laid out as on the Hugging Face Hub "
+                            "(data/train-00000-of-00001.parquet: the split from the file or folder name)")
     eval: SpecPath | None = Field(None, description="held-out rows in any of train's file types; unset with a "
                                   "DatasetDict as train: its `validation` or `test` split, if it has one")
     format: Literal["chat", "instruction", "completion", "sharegpt"] = Field(
@@ -45,6 +70,11 @@ class BehaviorDataSpec(Strict):
     columns: dict[str, Annotated[str, StringConstraints(min_length=1)]] | None = Field(
         None, description="the format's field -> the column (key) your file uses for it, e.g. {instruction: "
         "question, output: answer}; unmapped fields keep their names"
+    )
+    tags: ShareGPTTagsSpec | None = Field(
+        None, description="format sharegpt: how the file spells its turns, as LLaMA-Factory's dataset_info tags, "
+        "e.g. {role_tag: role, content_tag: content, user_tag: user, assistant_tag: assistant}; unset: from/value "
+        "with human (or user), gpt (or assistant) and system"
     )
 
     @field_validator("columns")
@@ -62,12 +92,22 @@ class BehaviorDataSpec(Strict):
                 )
         return columns
 
+    @field_validator("tags")
+    @classmethod
+    def _tags_are_sharegpts(cls, tags: ShareGPTTagsSpec | None, info: ValidationInfo):
+        fmt = info.data.get("format")
+        if tags is not None and fmt is not None and fmt != "sharegpt":
+            raise ValueError(f"tags spell the turns of format sharegpt, but format is '{fmt}'; set format: sharegpt "
+                             "or remove tags")
+        return tags
+
     @model_serializer(mode="wrap")
     def _unset_columns_stay_out(self, handler):
-        # spec hashes and stage keys are digests of this dump: a spec without `columns` must hash as before
+        # spec hashes and stage keys are digests of this dump: a spec without `columns` or `tags` must hash as before
         data = handler(self)
-        if self.columns is None and isinstance(data, dict):
-            data.pop("columns", None)
+        for key in ("columns", "tags"):
+            if getattr(self, key) is None and isinstance(data, dict):
+                data.pop(key, None)
         return data
 
 

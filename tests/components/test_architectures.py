@@ -3,11 +3,14 @@
 Each case leaves `target_modules` unset, so the architecture's default is what trains: peft's own table by
 `config.model_type`, or, for phi3 (not in peft 0.21's table), the attention's fused qkv layer found by name.
 The adapter trains 2 steps through `components.train.train`, is saved, and reloads with vanilla
-`PeftModel.from_pretrained` to the logits of the model that trained (within 1e-5)."""
+`PeftModel.from_pretrained` to the logits of the model that trained (within 1e-5). It is then registered and
+serves one request the way `adaptflow serve` does (`load_system` from the registry, the base's engine): each
+token the engine picks is the vanilla model's greedy choice, at the vanilla model's log-probability (1e-4)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,12 @@ from bitsandbytes.nn import Linear4bit
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from adaptflow.system import load_system
 from components import methods
-from components.models import load_model
-from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec, parse_adapter
+from components.models import load_model, resolve_model
+from components.registry import Registry, manifest_base
+from components.serving.sampling import SamplingParams
+from components.spec import BaseModelSpec, BehaviorSpec, QuantizationSpec, TaskSpec, parse_adapter
 from components.target_modules import TargetModulesError
 from components.train import train
 
@@ -31,6 +37,8 @@ ARCHITECTURES: dict[str, dict] = {
     "qwen2": {},
     "qwen3": {"head_dim": 16},
     "gemma2": {"head_dim": 16},
+    # the built-in gemma3-270m's architecture, one sliding-window layer and one global one as its 5:1 pattern has
+    "gemma3_text": {"head_dim": 16, "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"]},
     "phi3": {},
     "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
     "gpt_neox": {},
@@ -42,7 +50,8 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
 
 # The defaults each case must train (peft 0.21's tables; phi3 found by name): the oracle for the resolver.
 LORA_DEFAULTS = {"llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-                 "qwen3": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "phi3": ["qkv_proj"],
+                 "qwen3": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"],
+                 "phi3": ["qkv_proj"],
                  "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"],
                  "opt": ["q_proj", "v_proj"]}
 IA3_DEFAULTS = {  # (target_modules, feedforward_modules)
@@ -51,6 +60,7 @@ IA3_DEFAULTS = {  # (target_modules, feedforward_modules)
     "qwen2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
     "qwen3": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
     "gemma2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "gemma3_text": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
     "phi3": (["qkv_proj", "down_proj"], ["down_proj"]),
     "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
     "gpt_neox": (["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),
@@ -96,17 +106,56 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-def _behavior(data_file: Path, method: str) -> BehaviorSpec:
+def _behavior_dict(data_file: Path, method: str) -> dict:
     adapter = {"method": method, "num_virtual_tokens": 4} if method == "prompt_tuning" else {"method": method}
-    return BehaviorSpec.model_validate({
+    return {
         "data": {"train": str(data_file), "eval": str(data_file)},
         "adapter": adapter,  # no target_modules: the architecture's default
         "training": {"max_steps": 2, "batch_size": 4, "lr": 0.05, "warmup_ratio": 0, "seed": 0},
-    })
+    }
+
+
+def _behavior(data_file: Path, method: str) -> BehaviorSpec:
+    return BehaviorSpec.model_validate(_behavior_dict(data_file, method))
 
 
 def _base(folder: Path, method: str) -> BaseModelSpec:
     return BaseModelSpec(id=str(folder), quantization=QuantizationSpec(bits=4) if method == "qlora" else None)
+
+
+SERVED_TOKENS = 3
+
+
+def _register(folder: Path, data_file: Path, method: str, adapter_dir: Path, tmp_path: Path) -> Registry:
+    """Publish the trained adapter as `byo@v1` the way `adaptflow run` registers one (adapter/ + manifest)."""
+    base = {"id": str(folder), "quantization": {"bits": 4} if method == "qlora" else None}
+    spec = TaskSpec.model_validate({"name": "byo", "goal": "behavior", "base_model": base,
+                                    "behavior": _behavior_dict(data_file, method),
+                                    "evaluation": {"max_new_tokens": SERVED_TOKENS}})
+    staging = tmp_path / "staging"
+    shutil.copytree(adapter_dir, staging / "adapter")
+    manifest = manifest_base(spec, base_model=resolve_model(spec.base_model))
+    manifest["volatile"] = {"base_model_path": manifest["base_model"].pop("path")}  # as flows.pipeline.publish does
+    registry = Registry(tmp_path / "registry")
+    registry.publish(spec.name, staging, manifest)
+    return registry
+
+
+def _check_served_request(registry: Registry, vanilla) -> None:
+    """One greedy request through the server's path; every token checked against the vanilla peft model."""
+    system = load_system("byo@latest", registry)
+    assert system.method is not None
+    prepared = system.prepare_chat([{"role": "user", "content": "Is 12 even?"}], use_retrieval=False)
+    done = system.complete(prepared, SamplingParams(SERVED_TOKENS, logprobs=True))
+    chosen = list(done.logprobs or []) + ([done.stop_choice] if done.stop_choice else [])
+    assert chosen and len(chosen) == done.completion_tokens + (done.stop_choice is not None)
+    ids = torch.tensor([prepared.ids + [c.token for c in chosen]])
+    with torch.no_grad():  # a soft prompt prepends its virtual tokens' positions: keep the text's
+        logits = vanilla(input_ids=ids).logits[0, -ids.shape[1]:].float()
+    logprobs = torch.log_softmax(logits[len(prepared.ids) - 1:-1], dim=-1)
+    for step, choice in enumerate(chosen):
+        assert logprobs[step, choice.token].item() >= logprobs[step].max().item() - 1e-4  # greedy, up to a tie
+        assert abs(logprobs[step, choice.token].item() - choice.logprob) < 1e-4
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -146,6 +195,7 @@ def test_default_modules_train_save_and_reload_with_vanilla_peft(model_dir, data
     assert (ours - theirs).abs().max().item() < 1e-5
     # the adapter is on and trained, so the match is not trivial (a soft prompt adds positions in front)
     assert (ours[:, -ids.shape[1]:] - untuned).abs().max().item() > 1e-4
+    _check_served_request(_register(folder, data_file, method, tmp_path / "adapter", tmp_path), vanilla)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "phi3"])
@@ -226,3 +276,56 @@ def test_set_names_are_kept_and_ia3_feedforward_defaults_to_the_architectures_am
     parts = resolve_modules(parse_adapter({"method": "hybrid", "parts": [{"method": "lora"}, {"method": "loha"}]}),
                             phi3).parts
     assert [p.target_modules for p in parts] == [["qkv_proj"], ["qkv_proj"]]
+
+
+def _knowledge_spec(ws: Path, folder: Path) -> Path:
+    (ws / "docs").mkdir(exist_ok=True)
+    (ws / "docs" / "a.md").write_text("# Veloria\n\nVeloria's capital is Port Amrel.\n")
+    (ws / "qa.jsonl").write_text(json.dumps({"question": "What is Veloria's capital?", "answer": "Port Amrel"}) + "\n")
+    (ws / "spec.yaml").write_text(
+        f"name: byo-docs\ngoal: knowledge\nbase_model: {{id: {folder}, allow_outside_workspace: true}}\n"
+        "knowledge: {documents: docs/, inject: finetune}\nevaluation: {data: qa.jsonl}\n")
+    return ws / "spec.yaml"
+
+
+# knowledge.finetune's default adapter wraps every linear layer but the output head, named per architecture
+EVERY_LINEAR = {"gpt2": ("[c_attn, c_proj, c_fc]", 8), "phi3": ("[o_proj, qkv_proj, gate_up_proj, down_proj]", 8),
+                "llama": ("[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]", 14)}
+
+
+@pytest.mark.parametrize("model_type", list(EVERY_LINEAR))
+def test_knowledge_finetune_default_wraps_every_linear_layer_of_the_architecture_as_plan_says(model_dir, tmp_path,
+                                                                                            model_type):
+    from components.plan import make_plan
+    from components.spec import KnowledgeFinetuneSpec
+    from components.specload import load_spec
+    from flows.cmd_spec import render_plan
+
+    spec = _knowledge_spec(tmp_path, model_dir(model_type))
+    plan = make_plan(load_spec(spec, tmp_path), str(spec), device="cpu")
+    names, layers = EVERY_LINEAR[model_type]
+    text = render_plan(plan)
+    assert (f"## target modules\n  knowledge.finetune.adapter: target_modules all-linear = {names} on {layers} layers "
+            "(knowledge.finetune's default: every linear layer but the output head)") in text
+    assert (f"  knowledge.finetune.adapter.target_modules: all-linear = {names} (knowledge.finetune's default: "
+            "every linear layer but the output head)") in text
+    # the oracle: the layers peft itself wraps for the default adapter, counted as plan counts them
+    model = AutoModelForCausalLM.from_pretrained(model_dir(model_type))
+    peft_model = methods.apply_method(model, KnowledgeFinetuneSpec().adapter)
+    wrapped = [n.removeprefix("base_model.model.") for n, m in peft_model.named_modules() if hasattr(m, "lora_A")]
+    assert len(wrapped) == layers == plan["target_modules"][0]["layers"]
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert plan["parameters"]["trainable"] == trainable
+
+
+def test_knowledge_finetune_modules_set_in_the_spec_are_checked_against_the_model(model_dir, tmp_path):
+    from components.plan import make_plan
+    from components.specload import SpecError, load_spec
+
+    spec = _knowledge_spec(tmp_path, model_dir("gpt2"))
+    spec.write_text(spec.read_text().replace(
+        "inject: finetune}", "inject: finetune, finetune: {adapter: {method: lora, target_modules: [q_proj]}}}"))
+    with pytest.raises(SpecError, match=r"knowledge\.finetune\.adapter\.target_modules: 'q_proj' matches no layer of "
+                                        r"the base model \(model_type 'gpt2'\)\. .*or remove target_modules for this "
+                                        r"architecture's default \[c_attn\]"):
+        make_plan(load_spec(spec, tmp_path), str(spec), device="cpu")

@@ -11,10 +11,12 @@ import torch
 from peft import PeftModel
 from pydantic import ValidationError
 
+from adaptflow.system import System
 from components import methods
 from components.data import DataError, render_prompt
 from components.models import MARKER, load_model, load_tokenizer, resolve_model
-from components.spec import BUILTIN_GEMMA, BaseModelSpec, BehaviorSpec
+from components.serving.sampling import SamplingParams
+from components.spec import BUILTIN_GEMMA, BaseModelSpec, BehaviorSpec, TaskSpec
 from components.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -99,3 +101,14 @@ def test_gemma3_builtin_converts_once_trains_lora_and_reloads_in_vanilla_peft(tm
         want = trained[-1].eval()(input_ids=ids).logits
         got = reloaded(input_ids=ids).logits
     assert (got - want).abs().max().item() < 1e-5
+
+    # served as `adaptflow serve` serves it (a System on the shared base, the engine): vanilla peft's greedy tokens
+    task = TaskSpec.model_validate({"name": "gemma-byo", "goal": "behavior", "base_model": {"id": BUILTIN_GEMMA},
+                                    "behavior": behavior.model_dump(mode="json"), "evaluation": {"max_new_tokens": 4}})
+    system = System("gemma-byo@candidate", task, tmp_path / "adapter", None)
+    prepared = system.prepare_chat([{"role": "user", "content": "Is 12 even?"}], use_retrieval=False)
+    done = system.complete(prepared, SamplingParams(4, logprobs=True))
+    chosen = [c.token for c in done.logprobs] + ([done.stop_choice.token] if done.stop_choice else [])
+    with torch.no_grad():
+        greedy = reloaded.generate(torch.tensor([prepared.ids]), max_new_tokens=len(chosen), do_sample=False)
+    assert chosen and greedy[0, len(prepared.ids):].tolist() == chosen

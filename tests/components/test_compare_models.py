@@ -52,3 +52,24 @@ def test_every_method_runs_once_per_base_model_and_measures_per_base(bases, toke
     small, large = (b.name for b in bases)
     assert counts[f"{large}-lora"] == 2 * counts[f"{small}-lora"]  # r x (in + out) doubles with the width
     assert counts[f"{large}-ia3"] > counts[f"{small}-ia3"]
+
+
+def _result(vid: str, base: float, tuned: float):
+    from components.compare.selection import VariantResult
+
+    arms = {"base": {"accuracy": base, "exact_match": base}, "adapter": {"accuracy": tuned, "exact_match": tuned}}
+    record = {"trainable_params": 1000, "total_params": 10_000, "trainable_pct": 10.0, "train_seconds": 5.0,
+              "tokens_per_second": 100.0, "peak_rss_mb": 500.0, "adapter_bytes": 4096}
+    return VariantResult(vid, "lora", f"t--{vid}@v1", {"arms": arms, "main_arm": "adapter", "items": 10}, record,
+                         adapter={"method": "lora"})
+
+
+def test_a_model_axis_shows_each_variants_own_base_score():
+    from components.compare import build_report, render_markdown
+
+    shared = render_markdown(build_report("t", [_result("a-lora", 0.1, 0.8), _result("b-lora", 0.1, 0.9)], "best_score"))
+    assert "Without an adapter: base 0.100." in shared and "accuracy (base)" not in shared
+    own = render_markdown(build_report("t", [_result("a-lora", 0.1, 0.8), _result("b-lora", 0.4, 0.9)], "best_score"))
+    assert "Without an adapter: each variant's own base model, in the `accuracy (base)` column." in own
+    assert "| a-lora | lora | 1,000 | 10% | 0.00391 | 5 | 100 | 500 | 0.100 | 0.800 |" in own
+    assert "| b-lora | lora | 1,000 | 10% | 0.00391 | 5 | 100 | 500 | 0.400 | 0.900 |" in own

@@ -245,7 +245,7 @@ def test_sharegpt_tool_turns_and_unknown_speakers_are_refused(tmp_path):
         load_examples(BehaviorDataSpec(train=path, format="sharegpt", eval_split=0))
     assert str(err.value).splitlines() == [
         f"{path} line 1: conversations[1].from is 'bot'; a ShareGPT turn is from human (or user), gpt (or assistant) "
-        "or system; fix the turn",
+        "or system; fix the turn, or set behavior.data.tags to the roles the file uses",
         f"{path} line 2: conversations[1].from is 'function_call', a tool turn; training here reads only the text of "
         "system, user and assistant turns, so the calls and their results would be dropped and the adapter taught "
         "answers without them; remove the tool fields and turns (or the row), or write each call into the "
@@ -390,3 +390,123 @@ def test_training_from_sharegpt_and_a_datasets_folder_gives_the_jsonl_adapter_bi
         out[name] = record.loss_curve, (tmp_path / f"run-{name}" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert out["sharegpt"] == out["jsonl"] and out["datasets"] == out["jsonl"]
     assert len(out["jsonl"][0]) == 3 and torch.isfinite(torch.tensor(out["jsonl"][0])).all()
+
+
+# --- ShareGPT spelled as LLaMA-Factory's dataset_info `tags` allow; Hub folders of parquet files -------------
+
+TAGS = {  # style -> (behavior.data.tags, how each of our roles is spelled)
+    "openai": ({"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+               {"system": "system", "user": "user", "assistant": "assistant"}),
+    "renamed": ({"role_tag": "speaker", "content_tag": "text", "user_tag": "customer", "assistant_tag": "agent",
+                 "system_tag": "policy"}, {"system": "policy", "user": "customer", "assistant": "agent"}),
+}
+
+
+def tagged(row: dict, style: str) -> dict:
+    tags, spell = TAGS[style]
+    return {"dialog": [{tags["role_tag"]: spell[m["role"]], tags["content_tag"]: m["content"]} for m in row["messages"]]}
+
+
+def tagged_spec(ws: Path, style: str, train: str = "train.jsonl", eval_: str = "eval.jsonl") -> Path:
+    tags = ", ".join(f"{k}: {v}" for k, v in TAGS[style][0].items())
+    (ws / "spec.yaml").write_text(
+        "name: tagged\ngoal: behavior\nbehavior:\n  data:\n"
+        f"    train: {train}\n    eval: {eval_}\n    format: sharegpt\n"
+        f"    columns: {{conversations: dialog}}\n    tags: {{{tags}}}\n")
+    return ws / "spec.yaml"
+
+
+@pytest.mark.parametrize("style", list(TAGS))
+def test_sharegpt_with_llama_factory_tags_loads_as_the_triage_jsonl(tmp_path, oracle, style):
+    write_jsonl(tmp_path / "train.jsonl", [tagged(r, style) for r in triage_rows("train")])
+    write_jsonl(tmp_path / "eval.jsonl", [tagged(r, style) for r in triage_rows("eval")])
+    spec = load_spec(tagged_spec(tmp_path, style), tmp_path)
+    assert spec.behavior.data.tags.role_tag == TAGS[style][0]["role_tag"]
+    train_rows, eval_rows = load_examples(spec.behavior.data)
+    assert (messages(train_rows), messages(eval_rows)) == oracle
+
+
+def test_tagged_sharegpt_rows_name_the_line_the_turn_and_the_tag_to_fix(tmp_path):
+    good = tagged(triage_rows("eval")[0], "renamed")
+    rows = [good,
+            {"dialog": [{"speaker": "customer", "text": "q"}, {"speaker": "gpt", "text": "a"}]},
+            {"dialog": [{"from": "customer", "value": "q"}, {"speaker": "agent", "text": "a"}]},
+            {"dialog": [{"speaker": "customer", "text": "q"}, {"speaker": "observation", "text": "{}"},
+                        {"speaker": "agent", "text": "a"}]},
+            {"dialog": [{"speaker": "agent", "text": "a"}, {"speaker": "customer", "text": "q"}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "eval.jsonl", [good])
+    path = tmp_path / "train.jsonl"
+    with pytest.raises(DataError) as err:
+        load_examples(load_spec(tagged_spec(tmp_path, "renamed"), tmp_path).behavior.data)
+    assert str(err.value).splitlines() == [
+        f"{path} line 2: conversations[1].speaker is 'gpt', which behavior.data.tags does not name (user_tag "
+        "'customer', assistant_tag 'agent', system_tag 'policy'); fix the turn, or the tag that spells this role",
+        f"{path} line 3: conversations[0] needs string fields 'speaker' and 'text'; fix the turn, or "
+        "behavior.data.tags.role_tag / content_tag",
+        f"{path} line 4: conversations[1].speaker is 'observation', a tool turn; training here reads only the text of "
+        "system, user and assistant turns, so the calls and their results would be dropped and the adapter taught "
+        "answers without them; remove the tool fields and turns (or the row), or write each call into the "
+        "assistant's content as the text the model should produce",
+        f"{path} line 5: conversations[0].speaker is 'agent' where 'customer' belongs; turns must be an optional "
+        "policy turn, then customer and agent alternating, ending with the agent answer; reorder the row",
+    ]
+
+
+def test_tags_are_refused_on_other_formats_and_when_two_roles_share_a_tag(tmp_path):
+    from components.specload import SpecError
+
+    write_jsonl(tmp_path / "train.jsonl", triage_rows("eval")[:2])
+    write_jsonl(tmp_path / "eval.jsonl", triage_rows("eval")[:2])
+    spec = tagged_spec(tmp_path, "openai")
+    spec.write_text(spec.read_text().replace("format: sharegpt", "format: chat").replace(
+        "    columns: {conversations: dialog}\n", ""))
+    with pytest.raises(SpecError, match=r"behavior\.data\.tags: .*tags spell the turns of format sharegpt, but "
+                                        r"format is 'chat'; set format: sharegpt or remove tags"):
+        load_spec(spec, tmp_path)
+    with pytest.raises(ValidationError, match=r"user_tag and assistant_tag are both 'gpt': each role needs its own"):
+        BehaviorDataSpec(train=tmp_path / "train.jsonl", format="sharegpt", tags={"user_tag": "gpt"})
+
+
+def write_hub(folder: Path, files: dict[str, list[dict]]) -> Path:
+    """The triage rows as the Hub lays out a parquet dataset: relative path -> rows."""
+    for rel, rows in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(folder / rel, rows)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["data", "folders"])
+def test_a_hub_folder_of_parquet_files_gives_its_splits_by_file_name(tmp_path, oracle, layout):
+    train, held = triage_rows("train"), triage_rows("eval")
+    files = ({"data/train-00000-of-00002.parquet": train[:100], "data/train-00001-of-00002.parquet": train[100:],
+              "data/test-00000-of-00001.parquet": held} if layout == "data" else
+             {"default/train/0000.parquet": train[:100], "default/train/0001.parquet": train[100:],
+              "default/validation/0000.parquet": held})
+    folder = write_hub(tmp_path / "triage", files)
+    (folder / "README.md").write_text("---\nconfigs: []\n---\n")  # a Hub dataset card: not data
+    splits = load_splits(BehaviorDataSpec(train=folder))  # no eval: the folder's test / validation files
+    assert (messages(splits.train), messages(splits.eval)) == oracle
+    assert (splits.train_source.split, splits.eval_source.split) == ("train", "test" if layout == "data" else "validation")
+    second = folder / ("data/train-00001-of-00002.parquet" if layout == "data" else "default/train/0001.parquet")
+    assert splits.train[100].source == f"{second} row 1"  # each row named by its file and its row there
+    assert str(splits.train_source) == f"{folder} (parquet files, split train)"
+
+
+def test_hub_split_names_follow_the_datasets_keywords():
+    from components.data_files import hub_split
+
+    names = {"data/train-00000-of-00001.parquet": "train", "training.parquet": "train", "my_eval.parquet": "test",
+             "dev-0.parquet": "validation", "data/val/part-0.parquet": "validation", "review.parquet": "train",
+             "testing/x.parquet": "test", "chunk.parquet": "train"}
+    assert {n: hub_split(Path(n)) for n in names} == names
+
+
+def test_hub_folders_without_a_train_split_or_with_a_broken_file_are_refused(tmp_path):
+    folder = write_hub(tmp_path / "ds", {"data/test-00000-of-00001.parquet": triage_rows("eval")[:2]})
+    with pytest.raises(DataError, match=r"ds: holds .parquet files of the splits test but no train split \(a file or "
+                                        r"folder named e.g. train-00000-of-00001.parquet\); rename the files"):
+        load_examples(BehaviorDataSpec(train=folder))
+    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: not a readable parquet file"):
+        load_examples(BehaviorDataSpec(train=folder))

@@ -36,7 +36,8 @@ def test_default_is_rag_and_the_strict_spec_refuses_what_cannot_work(tmp_path):
     base = {"name": "t", "goal": "knowledge", "knowledge": {"documents": "docs/"}, "evaluation": {"data": "qa.jsonl"}}
     spec = TaskSpec.model_validate(base, context={"check_exists": False})
     assert spec.knowledge.inject == "rag"
-    assert spec.knowledge.finetune.adapter.r == 64 and "down_proj" in spec.knowledge.finetune.adapter.target_modules
+    # every linear layer but the output head, resolved per architecture by peft (q/k/v/o/gate/up/down_proj on Llama)
+    assert spec.knowledge.finetune.adapter.r == 64 and spec.knowledge.finetune.adapter.target_modules == "all-linear"
 
     both = {**base, "goal": "both", "behavior": {"data": {"train": "t.jsonl"}},
             "knowledge": {"documents": "docs/", "inject": "finetune"}}
