@@ -93,9 +93,11 @@ def _params(req: Generation, n_logprobs: int | None, grammar: str | None) -> lis
 
 
 def create_app(registry: Registry | None = None, api_key: str | None = None, limits: Limits = Limits(),
-               max_adapters: int | None = None) -> FastAPI:
+               max_adapters: int | None = None, backend=None) -> FastAPI:
+    """`backend`: None for the built-in engine, or a flows.vllm_backend.VllmBackend (`serve --engine vllm`)."""
     metrics = Metrics(lambda: sum(e.queue_depth() for e in engines()), lambda: sum(e.active() for e in engines()))
-    systems = Systems(registry or Registry(), max_adapters, lambda kind, ref: metrics.adapter_events.labels(kind).inc())
+    systems = Systems(registry or Registry(), max_adapters, lambda kind, ref: metrics.adapter_events.labels(kind).inc(),
+                      backend=backend)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -117,7 +119,8 @@ def create_app(registry: Registry | None = None, api_key: str | None = None, lim
 
         return {"status": "ok", "loaded": systems.loaded(), "base_loads": base_loads(),
                 "max_adapters": systems.max_adapters, "queue_depth": sum(e.queue_depth() for e in engines()),
-                "active_rows": sum(e.active() for e in engines())}
+                "active_rows": sum(e.active() for e in engines()),
+                "engine": backend.describe() if backend is not None else {"engine": "builtin"}}
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -37,8 +37,9 @@ class Loaded:
 
 class Systems:
     def __init__(self, registry: Registry, max_adapters: int | None = None,
-                 on_event: Callable[[str, str], None] | None = None):
+                 on_event: Callable[[str, str], None] | None = None, backend=None):
         self.registry, self.max_adapters = registry, max_adapters
+        self.backend = backend  # flows.vllm_backend.VllmBackend: attaches each loaded system, detaches it on drop
         self.on_event = on_event or (lambda kind, ref: None)  # ("load" | "evict" | "reload", ref)
         self._loaded: OrderedDict[str, Loaded] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
@@ -80,6 +81,8 @@ class Systems:
                 if entry is not None:
                     self._drop(version.ref, "reload")
                 system = load_system(version.ref, self.registry)  # verifies every hash
+                if self.backend is not None:
+                    self.backend.attach(system, version.path)
                 entry = Loaded(system, stat_stamp(version.path))  # (a remote registry's cache exists only now)
                 self.on_event("load", version.ref)
             with self._lock:
@@ -93,6 +96,8 @@ class Systems:
         with self._lock:
             entry = self._loaded.pop(ref, None)
         if entry is not None:
+            if self.backend is not None:
+                self.backend.detach(entry.system)
             entry.system.unload()
             self.on_event(why, ref)
 
