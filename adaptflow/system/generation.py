@@ -103,11 +103,12 @@ def soft_prompt_prefill(model, ids, mask):
     base = model.get_base_model()
     if config.peft_type == "PREFIX_TUNING":  # the prefix is the cache's first `virtual` positions
         cache = model.get_prompt(batch_size=n)
-        out = base(input_ids=ids, attention_mask=full, position_ids=positions[:, virtual:], cache=cache, use_cache=True)
+        out = base(input_ids=ids, attention_mask=full, position_ids=positions[:, virtual:], cache=cache, use_cache=True,
+                   logits_to_keep=1)
     else:  # prompt tuning, p-tuning: the virtual tokens are input embeddings before the row's own
         embeds = model.word_embeddings(ids)
         prompts = model.get_prompt(batch_size=n).to(embeds.dtype)
         cache = DynamicCache()
         out = base(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=full, position_ids=positions,
-                   cache=cache, use_cache=True)
+                   cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].float().cpu(), cache, full.cpu()

@@ -64,7 +64,7 @@ def attach_adapter(handle: BaseHandle, spec: TaskSpec, method: str, adapter_dir:
         if method in PROMPT_LEARNING:
             return Attached(prompt_model=load_adapter(handle.model, adapter_dir).eval())
         if method not in SHARED_LANE:  # weights and hybrids change their own copy of the base
-            own = load_model(spec.base_model, handle.resolved, precision=task_precision(spec))
+            own = load_model(spec.reading_model, handle.resolved, precision=task_precision(spec))
             model = load_adapter(own, adapter_dir).eval()
             if spec.behavior is not None and soft_prompt(spec.behavior.adapter):
                 return Attached(prompt_model=model)  # generated as prompt learning is (decoded alone)

@@ -29,11 +29,14 @@ class BaseHandle:
     adapters: set[str] = field(default_factory=set)
     users: dict[str, int] = field(default_factory=dict)  # adapter name -> loaded systems using it
     _engine: Engine | None = None
+    # not `lock`: the engine holds that for every forward pass, and the server's event loop asks for the engine on
+    # every request (a profile caught it waiting there for whole prefills, every stream on the server stalled)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def engine(self) -> Engine:
         """The scheduler that batches every request on this copy (started on first use)."""
-        with self.lock:
+        with self._engine_lock:
             if self._engine is None:
                 pad = self.tokenizer.pad_token_id
                 self._engine = Engine(self.lock, pad if pad is not None else self.tokenizer.eos_token_id)

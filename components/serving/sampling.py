@@ -7,6 +7,7 @@ float rounding).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -40,8 +41,11 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
            allowed: torch.Tensor | None = None) -> TokenChoice:
-    """One token from one row's next-token logits (float32, [vocab]); `allowed` is a grammar's mask."""
+    """One token from one row's next-token logits (float32, [vocab]); `allowed` is a grammar's mask. A greedy
+    choice without `logprobs` carries a NaN logprob (nobody reads it)."""
     logits = logits.float()
+    if params.temperature <= 0 and allowed is None and not params.logprobs:  # plain greedy: nothing else to compute
+        return TokenChoice(int(torch.argmax(logits)), math.nan)
     logprobs = torch.log_softmax(logits, dim=-1)  # the model's own distribution, reported as logprobs
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))

@@ -192,3 +192,63 @@ def test_shutdown_fails_rows_in_flight_joins_the_thread_and_a_later_submit_resta
         pass
     assert event[0] == "error" and "shut down" in str(event[2])
     assert system.query(QUESTIONS[0]).answer  # a later request starts the thread again
+
+
+FAMILIES = {"lora": {"method": "lora", "r": 2}, "dora": {"method": "dora", "r": 2}, "ia3": {"method": "ia3"},
+            "loha": {"method": "loha", "r": 2}, "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 3},
+            "prefix_tuning": {"method": "prefix_tuning", "num_virtual_tokens": 3},
+            "selective": {"method": "selective", "parameters": ["norm"]}}
+SYSTEM_PROMPT = "Classify the support ticket. Reply with one label: billing, bug, account, shipping or other."
+
+
+def test_greedy_answers_of_every_family_are_a_dedicated_models_with_prefixes_reused(tokenizer, tmp_path):
+    """Per method family: questions under one system prompt, sent together twice (the second time their shared
+    prefix comes from the engine's prefix store), answer the tokens whole cache-free passes of a plainly loaded
+    model give, which is also what `query` (the same engine) answers."""
+    from adaptflow.system import System
+    from tests.components.test_system import base_folder, cacheless_greedy, dedicated, make_adapter, task_spec
+
+    folder = base_folder(tokenizer, tmp_path / "base")
+    messages = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q in QUESTIONS]
+    for seed, (name, adapter) in enumerate(FAMILIES.items(), 20):
+        spec = task_spec(folder, adapter, name.replace("_", "-"))
+        adapter_dir = make_adapter(tokenizer, spec, seed, tmp_path / name)
+        system = System(f"{spec.name}@v1", spec, adapter_dir, None)
+        prepared = [system.prepare_chat(m) for m in messages]
+        oracle = dedicated(spec, adapter_dir)
+        expected = [cacheless_greedy(oracle, p.ids, 6)[0] for p in prepared]
+        hits = system.handle.engine.prefixes.hits
+        for _ in range(2):
+            results = submit_all([(system, p, SamplingParams(6)) for p in prepared])
+            for (kind, done), want in zip(results, expected, strict=True):
+                assert kind == "done" and done.token_ids == want[:len(done.token_ids)], name
+                assert len(done.token_ids) == 6 or done.finish_reason == "stop", name
+        assert system.query(messages=messages[0]).answer == results[0][1].text.strip(), name
+        if name not in ("prompt_tuning", "prefix_tuning"):  # a soft prompt goes before the prompt: nothing shared
+            assert system.handle.engine.prefixes.hits > hits, name
+
+
+def test_submitting_does_not_wait_for_a_forward_pass(systems):
+    """The server's event loop submits rows: that must not take the lock the engine holds for every forward pass
+    (it did, and every stream on the server stalled for the length of each prefill)."""
+    system, held, release = systems["lora-a"], threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with system.handle.lock:  # what the engine thread does for a whole forward pass
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        start = time.monotonic()
+        row = system.submit(chat(system, QUESTIONS[0]), SamplingParams(2), events.put)
+        assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+        holder.join()
+    while (event := events.get(timeout=60))[0] == "delta":
+        pass
+    assert event[0] == "done" and row.finished
