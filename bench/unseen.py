@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.unseen [--corpora lore,manual,...] [--out /tmp/unseen]
         [--reader FOLDER | --no-reader] [--arms base+retrieval,reader+retrieval] [--max-new-tokens N]
         [--chunking SIZE,OVERLAP] [--no-gold] [--abstain auto|model|calibrated] [--base gemma3-270m]
+        [--reader-model gemma3-270m]
 
 Each corpus is a spec as a new user writes it (`specs/unseen/NAME.yaml`: the documents, the evaluation file,
 everything else default; lore is `specs/lore-knowledge.yaml` as shipped). The index is built by the real build
@@ -52,7 +53,7 @@ def reader_folder(spec, given: Path | None) -> Path:
 
 def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms: list[str],
                max_new_tokens: int | None, chunking: tuple[int, int] | None = None, gold: bool = True,
-               abstain: str | None = None, base: str | None = None) -> dict:
+               abstain: str | None = None, base: str | None = None, reader_model: str | None = None) -> dict:
     from adaptflow.system import System
     from components.evaluate import evaluate
     from components.specload import load_spec
@@ -69,6 +70,11 @@ def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms
         from components.spec import BaseModelSpec
 
         spec = spec.model_copy(update={"base_model": BaseModelSpec(id=base)})
+    if reader_model is not None:  # knowledge.reader_model: another model writes every answer (docs/reading.md)
+        from components.spec import ReaderModelSpec
+
+        knowledge = spec.knowledge.model_copy(update={"reader_model": ReaderModelSpec(id=reader_model)})
+        spec = spec.model_copy(update={"knowledge": knowledge})
     if abstain is not None:  # a trial of the abstention default (`knowledge.abstain`)
         spec = spec.model_copy(update={"knowledge": spec.knowledge.model_copy(update={"abstain": abstain})})
     where = out / name
@@ -84,7 +90,7 @@ def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms
     report = evaluate(system, spec, chosen, where / "eval", reader_decides=use_reader and spec.knowledge.reader == "auto",
                       ceilings=gold)  # the ceilings do not depend on retrieval settings: a trial may skip them
     keep = ("contains_answer", "exact_match", "answer_f1", "abstain", "hit_at_k")
-    return {"corpus": name, "items": report["items"], "unanswerable": report["unanswerable"],
+    return {"corpus": name, "model": spec.reading_model.id, "items": report["items"], "unanswerable": report["unanswerable"],
             "main_arm": report["main_arm"], "reader_choice": report.get("reader_choice"),
             "tuning_skipped": bool(report.get("tuning_skipped")), "seconds": round(time.perf_counter() - start),
             "arms": {arm: {k: round(v, 3) for k, v in m.items() if k in keep} for arm, m in report["arms"].items()},
@@ -104,12 +110,15 @@ def main() -> None:
     parser.add_argument("--abstain", choices=("auto", "model", "calibrated"), default=None,
                         help="a trial of knowledge.abstain (default: what each spec says)")
     parser.add_argument("--base", default=None, help="another base model (e.g. gemma3-270m) instead of the spec's")
+    parser.add_argument("--reader-model", default=None,
+                        help="knowledge.reader_model (an alias, HF id or folder) writes the answers; with --no-reader "
+                             "zero-shot, else --reader FOLDER must be an adapter of that model")
     args = parser.parse_args()
     chunking = tuple(int(x) for x in args.chunking.split(",")) if args.chunking else None
     results = []
     for name in args.corpora.split(","):
         result = run_corpus(name, args.out, args.reader, not args.no_reader, args.arms.split(","), args.max_new_tokens,
-                            chunking, not args.no_gold, args.abstain, args.base)
+                            chunking, not args.no_gold, args.abstain, args.base, args.reader_model)
         results.append(result)
         print(json.dumps(result), flush=True)
     arms = sorted({a for r in results for a in r["arms"]})

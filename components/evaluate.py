@@ -33,6 +33,8 @@ from components.evalset import (
     resolve_gold_ids,
     retrieval_metrics,
 )
+from components.harness_eval import add_to_report as add_harness_forgetting
+from components.harness_eval import harness_lines
 from components.metrics import (
     abstained,
     aggregate,
@@ -421,6 +423,8 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
         report["reader_choice"] = choice
     if abstention is not None:
         report["abstention"] = abstention
+    if spec.knowledge is not None and spec.knowledge.reader_model is not None:  # issue 24: who wrote the answers
+        report["reader_model"] = spec.knowledge.reader_model.id
     samples, rows_of = {}, {}
     sizes = [sum(bool(g) for g in gold) if arm_parts(a)[1] == "gold" else len(items) for a in arms]
     total, before = sum(sizes), 0
@@ -445,6 +449,7 @@ def evaluate(system, spec: TaskSpec, arms: list[str], out_dir: Path, train_recor
     report["timings"] = _timings(train_record) | query_latency(
         system, items, arm_parts(main)[0], arm_parts(main)[1] == "retrieval"
     )
+    add_harness_forgetting(report, system, spec)  # evaluation.forgetting.harness (components.harness_eval)
     report["timings"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     report["metrics"] = gate_metrics(report)
     report["samples"] = samples
@@ -524,6 +529,8 @@ def render_markdown(report: dict, name: str) -> str:
              "Each score carries its bootstrap 95 % interval over the rows (2000 resamples).", ""]
     if report.get("tuning_skipped"):
         lines += [f"Retrieval settings not tuned: {report['tuning_skipped']}.", ""]
+    if report.get("reader_model"):  # issue 24
+        lines += [f"Every arm's answers are written by knowledge.reader_model {report['reader_model']}.", ""]
     lines += ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(cell(report, arm, k) for k in keys) + " |")
@@ -540,6 +547,7 @@ def render_markdown(report: dict, name: str) -> str:
     if "forgetting" in report:
         f = report["forgetting"]
         lines.append(f"Forgetting: general-text perplexity {f['base_ppl']:.2f} -> {f['adapter_ppl']:.2f} ({f['forgetting']:+.1%}).")
+    lines += harness_lines(report)  # evaluation.forgetting.harness: per task, base vs adapted ± stderr
     eff = report.get("efficiency", {})
     if eff:
         lines += ["", "| efficiency | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in eff.items()]

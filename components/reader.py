@@ -13,6 +13,8 @@ corpus's facts, so one reader serves every knowledge spec on its base:
   content hash in the stage store under $ADAPTFLOW_HOME (flows.keys.reader_key: base weights + data +
   recipe + training code). `python -m components.reader --ship` retrains and rewrites the shipped folder.
 - `NAME@REF`: the adapter of a registered version of the same base (an injected tuner such as LoRA).
+- With `knowledge.reader_model`, "the base" above is the reader model: the reader belongs to the model that writes
+  the answers (`TaskSpec.reading_model`).
 - `auto`: builtin on the built-in base model; the evaluation then keeps it only where it scores
   better than the base model on the spec's own evaluation set (`prefer_reader`).
 - `none`: no reader.
@@ -63,7 +65,7 @@ def shipped_record(spec: TaskSpec) -> dict | None:
     record = json.loads(marker.read_text())
     if record.get("recipe") != RECIPE or record.get("data_sha256") != sha256_file(reader_data()):
         return None
-    if record.get("base_weights_hash") != resolve_model(spec.base_model, verify=False).weights_hash:
+    if record.get("base_weights_hash") != resolve_model(spec.reading_model, verify=False).weights_hash:
         return None
     return record
 
@@ -105,7 +107,7 @@ def reader_mode(spec: TaskSpec) -> str | None:
         return None
     chosen = spec.knowledge.reader
     if chosen == "auto":
-        return "builtin" if spec.base_model.id == BUILTIN_MODEL else None
+        return "builtin" if spec.reading_model.id == BUILTIN_MODEL else None  # the model that reads: reader_model
     return None if chosen == "none" else chosen
 
 
@@ -115,15 +117,17 @@ def chosen_reader_decides(spec: TaskSpec) -> bool:
 
 
 def train_reader(spec: TaskSpec, out_dir: Path, progress=None, data: Path | None = None):
-    """Train the builtin reader for `spec.base_model` into out_dir/adapter; returns the TrainRecord."""
+    """Train the builtin reader for the model that reads (`knowledge.reader_model`, else `base_model`) into
+    out_dir/adapter; returns the TrainRecord."""
     from components.models import load_model, load_tokenizer, resolve_model
     from components.train import prepare_data, train
 
     behavior = reader_behavior(data)
-    resolved = resolve_model(spec.base_model)
-    tokenizer = load_tokenizer(spec.base_model, resolved)
+    model_spec = spec.reading_model
+    resolved = resolve_model(model_spec)
+    tokenizer = load_tokenizer(model_spec, resolved)
     prepared = prepare_data(behavior, tokenizer)
-    model = load_model(spec.base_model, resolved, precision=behavior.training.precision)
+    model = load_model(model_spec, resolved, precision=behavior.training.precision)
     return train(model, tokenizer, behavior, out_dir, progress=progress, data=prepared)
 
 
@@ -147,11 +151,14 @@ def registered_reader(spec: TaskSpec, ref: str, registry=None):
     if peft_type not in INJECTED:
         raise ReaderError(f"knowledge.reader '{ref}' is a {peft_type} adapter; a reader must be one of "
                           f"{', '.join(sorted(INJECTED))} (it shares the base model)")
-    ours = resolve_model(spec.base_model, verify=False).weights_hash
-    theirs = (version.manifest.get("base_model") or {}).get("weights_hash")
+    ours = resolve_model(spec.reading_model, verify=False).weights_hash
+    manifest = version.manifest  # a version whose answers came from a reader_model: its adapter belongs to that
+    theirs = (manifest.get("reader_model") or manifest.get("base_model") or {}).get("weights_hash")
     if ours != theirs:
-        raise ReaderError(f"knowledge.reader '{ref}' was trained on another base model (weights {str(theirs)[:12]}, "
-                          f"this spec's {str(ours)[:12]}); register a reader on this base or use `reader: builtin`")
+        which = "knowledge.reader_model" if spec.reading_model is not spec.base_model else "base_model"
+        raise ReaderError(f"knowledge.reader '{ref}' was trained on another model (weights {str(theirs)[:12]}, this "
+                          f"spec's {which} '{spec.reading_model.id}' {str(ours)[:12]}); an adapter reads only for its "
+                          "own model: register a reader on this model, use `reader: builtin`, or `reader: none`")
     return version
 
 

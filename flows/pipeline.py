@@ -20,6 +20,7 @@ from adaptflow.inject import trainee
 from components.gates import GateResult, evaluate_gates
 from components.reader import reader_mode
 from components.registry import Registry, Version, manifest_base
+from components.registry_lineage import base_model_record
 from components.route import Route, route
 from components.spec import TaskSpec
 from components.specload import load_spec
@@ -192,6 +193,8 @@ VOLATILE_TRAIN_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "pe
 def _machine_facts(manifest: dict) -> dict:
     """Where this machine keeps the base model and which checkout ran: lineage, not content."""
     facts = {"base_model_path": manifest["base_model"].pop("path", None)}
+    if "reader_model" in manifest:  # knowledge.reader_model: where its weights live here, as for the base
+        facts["reader_model_path"] = manifest["reader_model"].pop("path", None)
     for key in ("git_commit", "git_dirty"):
         facts[key] = manifest.pop(key, None)
     return facts
@@ -235,6 +238,8 @@ def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained
             reasons=decision.reasons, data_hashes=keys.data_hashes(spec), metrics=evaluated.report()["metrics"],
             gates=gates,
         )
+        if spec.knowledge is not None and spec.knowledge.reader_model is not None:  # the model that wrote the answers
+            manifest["reader_model"] = base_model_record(resolve_model(spec.knowledge.reader_model, verify=False))
         manifest["volatile"] = volatile | _machine_facts(manifest)
         manifest["stage_keys"] = {s.stage: s.key for s in (trained, indexed, reader, evaluated) if s} | (
             {"probe": probe_key} if probe_key else {})

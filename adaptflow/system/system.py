@@ -64,10 +64,14 @@ class System:
             self.retriever.embedder = batching(self.retriever.embedder)  # concurrent questions embed together
             self.top_k = self.retriever.info["retrieval"]["top_k"]  # the spec's, or the one tuning chose at index time
         self._private_model = self._prompt_model = None
+        # another generation backend (flows.vllm_backend, `serve --engine vllm`): `submit(row, use_adapter)`
+        # queues the rows there instead of on the base's engine; None: the built-in engine
+        self.backend = None
         self.abstention = Abstention()  # the model's text alone, until calibrated (components.abstention)
         self._support: Support | None = None  # built on first use from the index's chunks
         lane = peft_type(Path(adapter_dir)) if injected(self.method) else None
-        self.handle = shared_base(spec.base_model, lane, precision=task_precision(spec))
+        # knowledge.reader_model, when set, writes every answer (docs/reading.md); else base_model
+        self.handle = shared_base(spec.reading_model, lane, precision=task_precision(spec))
         if self.method is not None:
             self._attach_adapter(Path(adapter_dir))
 
@@ -252,6 +256,8 @@ class System:
         row = Row(prepared.ids, params, self.route(use_adapter), put, tok, frozenset(eos_ids(self.handle.model, tok)),
                   index=index, deadline=time.monotonic() + timeout_s if timeout_s else None,
                   vocab_size=self.handle.vocab_size)
+        if self.backend is not None:
+            return self.backend.submit(row, use_adapter and self.method is not None)
         return self.handle.engine.submit(row)
 
     def complete(self, prepared: Prepared, params: SamplingParams, *, use_adapter: bool = True,

@@ -6,7 +6,7 @@ in `components.spec.methods`; its translation to peft lives in `components.metho
 
 One module per concern, each importing only the ones before it:
 - `base`: the `Strict` base model, built-in names, upper bounds, path resolution and workspace confinement;
-- `model`: the `base_model:` section (QuantizationSpec, BaseModelSpec);
+- `model`: the `base_model:` section (QuantizationSpec, BaseModelSpec) and `knowledge.reader_model` (ReaderModelSpec);
 - `methods`: the adapter methods, their traits, the `behavior.adapter` union and the method sets derived from it;
 - `behavior`: the `behavior:` section (data, training, distributed);
 - `knowledge`: the `knowledge:` section (chunking, index specs, finetune injection);
@@ -48,6 +48,7 @@ from components.spec.compare import (
 from components.spec.evaluation import (
     GATE_METRICS,
     EvaluationSpec,
+    ForgettingSpec,
     parse_gate,
 )
 from components.spec.knowledge import (
@@ -103,6 +104,7 @@ from components.spec.methods import (
 from components.spec.model import (
     BaseModelSpec,
     QuantizationSpec,
+    ReaderModelSpec,
 )
 from components.spec.task import (
     TaskSpec,
@@ -112,14 +114,14 @@ __all__ = [
     "AdaLoraSpec", "adapter_class", "adapter_methods", "AdapterBase", "AdapterSpec", "AutoIndexSpec",
     "BaseModelSpec", "BehaviorDataSpec", "BehaviorSpec", "BUILTIN_BASES", "BUILTIN_EMBEDDER", "BUILTIN_GEMMA",
     "BUILTIN_MODEL", "CHAT_TEMPLATES", "ChunkingSpec",
-    "CompareSpec", "COMPOSE_HOWS", "ComposeSpec", "DATA_FIELDS", "DistributedSpec", "DoraSpec", "EvaluationSpec",
+    "CompareSpec", "COMPOSE_HOWS", "ComposeSpec", "DATA_FIELDS", "DistributedSpec", "DoraSpec", "EvaluationSpec", "ForgettingSpec",
     "FactoryIndexSpec", "FlatIndexSpec", "FullSpec", "GATE_METRICS", "HnswIndexSpec", "HybridPart",
     "HybridSpec", "IA3Spec", "IndexSpec", "IvfIndexSpec", "IvfPqIndexSpec", "KNOWLEDGE_FT_MODULES",
     "KnowledgeFinetuneSpec", "KnowledgeSpec", "LoHaSpec", "LoKrSpec", "LoraSpec", "LrFamily", "MAX_ALPHA",
     "MAX_RANK", "MAX_SEQ_LEN", "MAX_STEPS", "MAX_VIRTUAL_TOKENS", "MethodName", "MethodSet", "MIXED_PARTS",
     "NEEDS_QUANTIZED_BASE", "NO_CHECKPOINTING", "parse_adapter", "parse_gate", "PrefixTuningSpec",
     "PROMPT_LEARNING", "PROMPT_PARTS", "PromptTuningSpec", "PTuningSpec", "QLoraSpec", "QuantizationSpec",
-    "remove_adapter_class", "SelectiveSpec", "SelectRule", "SHARED_LANE", "soft_prompt", "SpecPath", "Strict",
+    "ReaderModelSpec", "remove_adapter_class", "SelectiveSpec", "SelectRule", "SHARED_LANE", "soft_prompt", "SpecPath", "Strict",
     "TargetModules", "TaskSpec", "TrainingSpec", "UNDER_PROMPT", "VeraSpec", "walk_confined",
     "WEIGHT_METHODS", "WEIGHTED_MERGE",
 ]

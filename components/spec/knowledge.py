@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, PrivateAttr, Tag, ValidationInfo, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, ValidationInfo, model_serializer, model_validator
 
 from components.spec.base import BUILTIN_EMBEDDER, MAX_SEQ_LEN, SpecPath, Strict, _local_folder, walk_confined
 from components.spec.behavior import TrainingSpec
 from components.spec.methods import FullSpec, LoraSpec
+from components.spec.model import ReaderModelSpec
 
 # --- knowledge: documents, chunking, embedder, index -----------------------------------------
 
@@ -83,7 +84,9 @@ IndexSpec = Annotated[
 ]
 
 
-KNOWLEDGE_FT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Every linear layer but the output head, whatever the architecture: peft resolves `all-linear` on the model
+# (Llama: q/k/v/o/gate/up/down_proj; GPT-2: c_attn, c_proj, c_fc; Phi-3: qkv/o/gate_up/down_proj); plan names them.
+KNOWLEDGE_FT_MODULES = "all-linear"
 
 
 class KnowledgeFinetuneSpec(Strict):
@@ -127,6 +130,14 @@ class KnowledgeSpec(Strict):
     allow_outside_workspace: bool = Field(
         False, description="let `embedder` be a local folder outside the workspace (recorded by its weights hash)"
     )
+    # --- reader_model (issue 24) ---
+    reader_model: ReaderModelSpec | None = Field(
+        None, description="another local model that writes the knowledge answers (built-in alias, Hugging Face id, "
+                          "or a local folder; or a mapping like base_model: {id, revision, chat_template, "
+                          "quantization}); retrieval and the prompt as without it; `reader` must belong to it; "
+                          "unset: base_model answers (docs/reading.md)",
+        json_schema_extra=lambda schema: schema["anyOf"].insert(0, {"type": "string"}))  # the id shorthand
+    # --- end reader_model ---
     _workspace: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
@@ -148,6 +159,14 @@ class KnowledgeSpec(Strict):
                     "workspace or remove the link (documents are served as citations)"
                 )
         return self
+
+    @model_serializer(mode="wrap")
+    def _unset_reader_model_stays_out(self, handler):
+        # spec hashes and stage keys are digests of this dump: a spec without `reader_model` must hash as before
+        data = handler(self)
+        if self.reader_model is None and isinstance(data, dict):
+            data.pop("reader_model", None)
+        return data
 
     @property
     def confine_root(self) -> Path:

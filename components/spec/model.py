@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
@@ -43,19 +43,22 @@ class BaseModelSpec(Strict):
         False, description="let `id` be a local folder outside the workspace (recorded by its weights hash)"
     )
 
+    _where: ClassVar[str] = "base_model"  # the key path errors name (ReaderModelSpec: knowledge.reader_model)
+
     @model_validator(mode="after")
     def _resolve_and_pin(self, info: ValidationInfo) -> BaseModelSpec:
+        where = self._where
         if self.chat_template is not None and self.chat_template not in CHAT_TEMPLATES:
             try:
                 path = _resolve_path(Path(self.chat_template), info)
             except ValueError as exc:
-                raise ValueError(f"base_model.chat_template: {exc}; or name one of {', '.join(CHAT_TEMPLATES)}") from None
+                raise ValueError(f"{where}.chat_template: {exc}; or name one of {', '.join(CHAT_TEMPLATES)}") from None
             if (info.context or {}).get("base_dir") is not None and not path.is_file():
-                raise ValueError(f"base_model.chat_template: {path} is not a file; give a Jinja template file or one "
+                raise ValueError(f"{where}.chat_template: {path} is not a file; give a Jinja template file or one "
                                  f"of {', '.join(CHAT_TEMPLATES)}")
             object.__setattr__(self, "chat_template", str(path))
         if self.id not in BUILTIN_BASES:  # frozen model: the resolved folder replaces the id as written
-            resolved = _local_folder(self.id, "base_model.id", "base_model.allow_outside_workspace",
+            resolved = _local_folder(self.id, f"{where}.id", f"{where}.allow_outside_workspace",
                                      self.allow_outside_workspace, info)
             object.__setattr__(self, "id", resolved)
         if self.trust_remote_code:
@@ -71,3 +74,15 @@ class BaseModelSpec(Strict):
             except RemoteCodeError as exc:
                 raise ValueError(str(exc)) from None
         return self
+
+
+class ReaderModelSpec(BaseModelSpec):
+    """`knowledge.reader_model`: another local model that writes the knowledge answers (docs/reading.md). Resolved,
+    pinned and templated like `base_model`; written as a string, it is the `id`."""
+
+    _where: ClassVar[str] = "knowledge.reader_model"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_shorthand(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value

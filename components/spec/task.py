@@ -46,6 +46,7 @@ class TaskSpec(Strict):
                 f"knowledge.reader is '{self.knowledge.reader}' but the spec trains its own adapter (`behavior:`), "
                 "and one system carries one adapter; remove knowledge.reader or the behavior section"
             )
+        self._check_reader_model()
         if self.knowledge is not None and self.knowledge.abstain == "calibrated":
             if self.behavior is None and self.knowledge.reader == "none":
                 raise ValueError("knowledge.abstain is 'calibrated' but knowledge.reader is 'none': the threshold is "
@@ -62,6 +63,27 @@ class TaskSpec(Strict):
                 "add behavior or remove compare"
             )
         return self
+
+    @property
+    def reading_model(self) -> BaseModelSpec:
+        """The model that writes the answers: `knowledge.reader_model` when set, else `base_model`."""
+        reader = self.knowledge.reader_model if self.knowledge is not None else None
+        return reader if reader is not None else self.base_model
+
+    def _check_reader_model(self) -> None:
+        """`knowledge.reader_model` replaces the generating model of a retrieval-only system (docs/reading.md)."""
+        if self.knowledge is None or self.knowledge.reader_model is None:
+            return
+        if self.behavior is not None:
+            raise ValueError(
+                f"knowledge.reader_model is '{self.knowledge.reader_model.id}' but the spec trains a `behavior:` adapter "
+                f"on base_model '{self.base_model.id}', and one system generates with one model; remove "
+                "knowledge.reader_model (the adapter then reads the context), or move the behavior examples to another spec")
+        if self.knowledge.inject != "rag":
+            raise ValueError(
+                f"knowledge.reader_model is set but knowledge.inject is '{self.knowledge.inject}': the documents are "
+                f"trained into an adapter of base_model '{self.base_model.id}', which another model cannot carry; use "
+                "inject: rag, or set base_model.id to the reader model instead")
 
     def _check_inject(self) -> None:
         inject = self.knowledge.inject
