@@ -308,20 +308,35 @@ def add_losses(report: dict, rows: dict[str, list[dict]]) -> None:
                              "arms": ceiling}
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before any text by default (Gemma's and Llama's <bos>; none for GPT-2
+    or SmolLM2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for cut in range(len(full) - len(plain) + 1):
+        if full[cut:cut + len(plain)] == plain:
+            return list(full[:cut])
+    return []
+
+
 def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
     import torch
 
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    # Every window starts the way the tokenizer starts a text (Gemma's <bos>): a model trained to always see its BOS
+    # first scores nonsense without it. A tokenizer that adds nothing (SmolLM2, GPT-2) gets no prefix.
+    head = leading_special_ids(tokenizer)
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, window):
-            chunk = ids[start:start + window + 1].unsqueeze(0).to(model.device)
+            text_ids = ids[start:start + window + 1]
+            chunk = torch.cat([torch.tensor(head, dtype=ids.dtype), text_ids]).unsqueeze(0).to(model.device)
             # The loss from logits, not `labels=`: with labels, peft 0.21's AdaLoraModel.forward adds its orthogonal
             # regulariser, which fails on an adapter loaded for inference (no trainable_adapter_name).
             # A soft prompt (prompt learning, a hybrid's prompt part) prepends its virtual tokens' logits: keep the text's.
-            logits = model(input_ids=chunk).logits[0, -chunk.shape[1]:-1].float()
-            n = chunk.shape[1] - 1
-            nll += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:])) * n
+            logits = model(input_ids=chunk).logits[0, -text_ids.shape[0]:-1].float()
+            n = text_ids.shape[0] - 1
+            nll += float(torch.nn.functional.cross_entropy(logits, text_ids[1:].to(logits.device))) * n
             count += n
     return math.exp(nll / count)
 

@@ -55,3 +55,35 @@ def test_a_soft_prompt_system_measures_forgetting(adapter, tiny_llama_dir, token
                                    context={"check_exists": False})
     result = forgetting(System("soft@v1", spec, tmp_path / "adapter", None), "The harbor opened in 1871. " * 60)
     assert result["base_ppl"] > 0 and math.isfinite(result["forgetting"]) and result["adapter_ppl"] != result["base_ppl"]
+
+
+def test_perplexity_starts_every_window_with_the_tokenizers_bos(builtin_dir):
+    """A tokenizer that starts every text with <bos> (Gemma, Llama) gets it at the head of each window, and the
+    score is over the text's own tokens: the labels loss of [bos] + window, without the bos's own prediction."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from components.evaluate import leading_special_ids
+
+    tok = AutoTokenizer.from_pretrained(builtin_dir)
+    assert leading_special_ids(tok) == []  # SmolLM2 adds nothing: its perplexities are as they were
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                              special_tokens=[(tok.bos_token, bos)])
+    assert tok("a")["input_ids"][0] == bos and leading_special_ids(tok) == [bos]
+    model = make_tiny_llama(tok)
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(kwargs["input_ids"][0, 0].item()),
+                                    with_kwargs=True)
+    text = "The harbor opened in 1871. " * 30
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    got = perplexity(model, tok, text, window=64)
+    assert len(seen) == math.ceil((ids.shape[1] - 1) / 64) and set(seen) == {bos}
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, ids.shape[1] - 1, 64):
+            window = ids[:, start:start + 65]
+            logits = model(input_ids=torch.cat([torch.tensor([[bos]]), window], 1)).logits[0, 1:-1]
+            nll += float(torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum"))
+            count += window.shape[1] - 1
+    assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
