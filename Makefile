@@ -47,7 +47,7 @@ test-fast: install export-tools
 # `adaptflow export --to gguf|ollama` runs llama.cpp's own converter (docs/export.md). It ships only in llama.cpp's
 # source; the llama-cpp-python sdist vendors it. Downloaded here, at install time, so exports need no network:
 # the first export unpacks the converter (sha256-checked) into $ADAPTFLOW_HOME/tools. The version is pinned in
-# components/export_gguf.py (LLAMA_CPP_PYTHON, SDIST_SHA256).
+# components/export/gguf.py (LLAMA_CPP_PYTHON, SDIST_SHA256).
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CPP_SDIST := $(VENV)/share/adaptflow/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz
 $(LLAMA_CPP_SDIST): | $(STAMP)
@@ -73,7 +73,7 @@ vllm: $(VLLM_STAMP)
 test-engines: export-tools vllm
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 	  $(PY) -m pip install -q llama-cpp-python==$(LLAMA_CPP_PYTHON)
-	$(PY) -m pytest -q -m slow tests/components/test_export.py
+	$(PY) -m pytest -q -m slow tests/components/export/test_export.py
 	$(PY) -m pytest -q -m slow tests/flows/test_serve_vllm.py
 
 # lm-evaluation-harness against `adaptflow serve` (docs/harness.md), apart from `make test`: the first run trains

@@ -29,7 +29,7 @@ def __getattr__(name: str):
 
         return getattr(registry, name)
     if name in ("SpecError", "load_spec"):
-        from components import specload
+        from components.spec import load as specload
 
         return getattr(specload, name)
     if name in ("Answer", "Citation", "System", "load_system"):

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.inspect import base_record
+from components.methods.inspect import base_record
 from components.spec import WEIGHTED_MERGE, ComposeSpec, TaskSpec
 
 COMPOSED = "composed"
@@ -61,8 +61,8 @@ def compose_adapters(sources: list[Source], compose: ComposeSpec, out_dir: Path)
     """The composed adapter as a standard peft folder at `out_dir` (loads with vanilla PeftModel)."""
     from peft import PeftModel
 
-    from components.models import load_model
-    from components.precision import task_precision
+    from components.models.load import load_model
+    from components.models.precision import task_precision
 
     base = load_model(sources[0].spec.base_model, device="cpu", precision=task_precision(sources[0].spec))
     names = [f"source{i}" for i in range(len(sources))]
@@ -109,7 +109,7 @@ def _main_arm(source: Source) -> str:
 def evaluate_sources(sources: list[Source], composed_dir: Path, name: str) -> dict:
     """Per source: its main arm's metrics for the source and for the composed adapter, on the source's items."""
     from adaptflow.system import System
-    from components.evaluate import label_set, load_eval_items, score_arm
+    from components.evaluation.arms import label_set, load_eval_items, score_arm
 
     rows = []
     for source in sources:

@@ -1,7 +1,7 @@
 """Knowledge by fine-tuning (`knowledge.inject: finetune | both`): the documents as a training set.
 
 `inject: rag` retrieves the documents at query time (an index). `finetune` trains them into an adapter
-instead, through the ordinary training loop (components.train), on one of two data sets:
+instead, through the ordinary training loop (components.training.recipe), on one of two data sets:
 
 - continued pretraining on the chunks: the documents chunked exactly as the index chunks them
   (vectorstore.chunk_documents with the embedder's tokenizer and `knowledge.chunking`), one
@@ -22,9 +22,9 @@ import json
 import os
 from pathlib import Path
 
-from components.evaluate import _item_from_row
+from components.evaluation.arms import _item_from_row
 from components.spec import BehaviorDataSpec, BehaviorSpec, TaskSpec
-from components.stages import StageStore
+from components.store.stages import StageStore
 
 CHUNK_PROMPT = "What do the documents say in '{title}' (part {part})?"
 DATA_DIR = "knowledge-data"

@@ -16,12 +16,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from components.data import DataError, DataSplits, load_splits
-from components.data_files import DataSource, RowRef
-from components.evalset import eval_lines, id_spellings, resolve_gold_ids
-from components.objectstore import is_url
 from components.spec import BehaviorDataSpec, TaskSpec
-from components.specload import SpecError, SpecIssue
+from components.spec.evalset import eval_lines, id_spellings, resolve_gold_ids
+from components.spec.load import SpecError, SpecIssue
+from components.store.objectstore import is_url
+from components.training.data import DataError, DataSplits, load_splits
+from components.training.data_files import DataSource, RowRef
 
 MAX_ISSUES = 50  # every row is checked; the first 50 problems are listed, then a count
 
@@ -204,8 +204,8 @@ def _reader_model_issues(spec: TaskSpec, spec_file: str | Path) -> list[SpecIssu
     """With `knowledge.reader_model`, a registered reader (NAME@REF) must be an adapter of that model (issue 24)."""
     if spec.knowledge.reader_model is None or "@" not in spec.knowledge.reader:
         return []
-    from components.reader import ReaderError, registered_reader
-    from components.registry_files import RegistryError
+    from components.registry.files import RegistryError
+    from components.training.reader import ReaderError, registered_reader
 
     try:
         registered_reader(spec, spec.knowledge.reader)
@@ -243,8 +243,8 @@ def check_registry_writable(root: Path, name: str | None = None) -> None:
 
 def _check_store_writable(url: str) -> None:
     """The object-store registry: one small PUT and DELETE with the credentials the publish will use."""
-    from components.objectstore import ObjectStore
     from components.registry import RegistryError
+    from components.store.objectstore import ObjectStore
 
     probe = f".write-probe-{uuid.uuid4().hex[:12]}"
     try:

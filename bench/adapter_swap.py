@@ -40,9 +40,9 @@ def make_adapters(spec, folder: Path) -> list[Path]:
     """Two saved LoRA adapters with different random weights (B is zero at init; perturb both A and B)."""
     import torch
 
-    from components.adapter_io import save_adapter
-    from components.methods import apply_method
-    from components.models import load_model
+    from components.methods.io import save_adapter
+    from components.methods.registry import apply_method
+    from components.models.load import load_model
 
     model = apply_method(load_model(spec.base_model), spec.behavior.adapter)
     out = []
@@ -80,8 +80,8 @@ def switch_times(systems: list) -> list[float]:
 
 
 def reload_times(spec, adapter_dir: Path) -> list[float]:
-    from components.adapter_io import load_adapter
-    from components.models import load_model, resolve_model
+    from components.methods.io import load_adapter
+    from components.models.load import load_model, resolve_model
 
     times = []
     for _ in range(RELOADS):

@@ -28,7 +28,7 @@ def run() -> dict:
     import gguf  # noqa: F401 - the GGUF reader transformers uses, imported before timing
     from transformers import AutoModelForCausalLM
 
-    from components.models import BUILTIN_MODELS, builtin_model_dir, gguf_file, load_model, resolve_model
+    from components.models.load import BUILTIN_MODELS, builtin_model_dir, gguf_file, load_model, resolve_model
     from components.spec import BaseModelSpec
 
     builtin_model_dir()  # make sure the cache exists: the comparison is a later load, not the first

@@ -44,7 +44,7 @@ def _model_dir(tmp: Path, which: str) -> tuple[str, str]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from components.models import builtin_model_dir
+    from components.models.load import builtin_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir(verify=False))
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def _model_dir(tmp: Path, which: str) -> tuple[str, str]:
 def _fsdp_config(tmp: Path, version: int = 2) -> Path:
     import yaml
 
-    from components.distributed import _free_port
+    from components.training.distributed import _free_port
 
     path = tmp / f"fsdp{version}.yaml"
     v1 = {"fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_use_orig_params": True, "fsdp_sync_module_states": False,
@@ -90,8 +90,8 @@ def _spec(model_id: str, data: Path, lr: float, steps: int, processes: int | Non
 def _one_process(spec, out: Path) -> tuple[dict, float]:
     import torch
 
-    from components.models import load_model, load_tokenizer, resolve_model
-    from components.train import train
+    from components.models.load import load_model, load_tokenizer, resolve_model
+    from components.training.recipe import train
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -102,7 +102,7 @@ def _one_process(spec, out: Path) -> tuple[dict, float]:
 
 
 def _two_processes(spec, out: Path) -> tuple[dict, float]:
-    from components import distributed
+    from components.training import distributed
 
     start = time.perf_counter()
     record = distributed.launch(spec, out, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

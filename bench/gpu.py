@@ -6,14 +6,14 @@ HF Trainer with bf16=True, on random-weight Llama shapes (only speed and memory 
 
 Each row runs in its own process (its own memory peak, its own time cap) and appends to OUT/gpu.json;
 OUT/gpu.md is the table for BENCHMARKS.md. Rows:
-    lora / qlora   the project's path: resolve_model -> load_model (precision auto) -> components.train.train
+    lora / qlora   the project's path: resolve_model -> load_model (precision auto) -> components.training.recipe.train
     hf_trainer     what a user writes: Trainer(bf16=True on a GPU, the same gradient checkpointing) + peft LoRA,
                    DataCollatorForSeq2Seq (pad to the longest row of each batch), the same tokenized rows
     gencheck       the generation check on an untrained base (bf16 and NF4): prompts agreeing with a
                    cache-free forward pass, at the precision policy's tolerance
 Tokens are real (non-pad) tokens; steady tokens/s drops the first steps and the last (checkpoint save).
 Train rows vary in length (a user's data has padding): 64..max_seq_len tokens, answers a quarter to a half.
-Every row also carries `plan_mb`, the estimate `adaptflow plan` prints for it (components.memory).
+Every row also carries `plan_mb`, the estimate `adaptflow plan` prints for it (components.training.memory).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def build_model(work: Path, shape: str, source: str | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from components.models import builtin_model_dir
+    from components.models.load import builtin_model_dir
 
     folder = work / "models" / shape
     if (folder / "config.json").exists():
@@ -158,8 +158,8 @@ def _reset_peak() -> None:
 def _plan_mb(folder: Path, behavior, quantized: bool, checkpointing: bool) -> float:
     import torch
 
-    from components import memory
-    from components.precision import resolve_precision
+    from components.models.precision import resolve_precision
+    from components.training import memory
 
     config = json.loads((folder / "config.json").read_text())
     bits = torch.finfo(resolve_precision(behavior.training.precision).dtype).bits
@@ -180,9 +180,9 @@ def _lora_trainable(config: dict) -> int:
 
 def row_project(folder: Path, rows: Path, method: str, batch: int, steps: int, seq: int, checkpointing) -> dict:
     """The project's path, as `adaptflow run` takes it."""
-    from components.models import load_model, load_tokenizer, resolve_model
+    from components.models.load import load_model, load_tokenizer, resolve_model
     from components.spec import BaseModelSpec, QuantizationSpec
-    from components.train import prepare_data, train
+    from components.training.recipe import prepare_data, train
 
     base = BaseModelSpec(id=str(folder), quantization=QuantizationSpec(bits=4) if method == "qlora" else None)
     behavior = behavior_spec(rows, method, batch, steps, seq, checkpointing)
@@ -219,9 +219,9 @@ def row_hf_trainer(folder: Path, rows: Path, batch: int, steps: int, seq: int, c
         TrainingArguments,
     )
 
-    from components.models import load_tokenizer, resolve_model
+    from components.models.load import load_tokenizer, resolve_model
     from components.spec import BaseModelSpec
-    from components.train import prepare_data
+    from components.training.recipe import prepare_data
 
     base = BaseModelSpec(id=str(folder))
     behavior = behavior_spec(rows, "lora", batch, steps, seq, checkpointing)
@@ -264,10 +264,10 @@ def row_hf_trainer(folder: Path, rows: Path, batch: int, steps: int, seq: int, c
 
 def row_gencheck(folder: Path) -> dict:
     """The generation check on an untrained base, bf16 (or fp32 on CPU) and NF4: how many of 16 prompts agree."""
-    from components.models import load_model, load_tokenizer, resolve_model
-    from components.precision import resolve_precision
+    from components.models.load import load_model, load_tokenizer, resolve_model
+    from components.models.precision import resolve_precision
     from components.spec import BaseModelSpec, QuantizationSpec
-    from components.train import greedy
+    from components.training.recipe import greedy
 
     out = {}
     prompts = [[{"role": "user", "content": f"Ticket {i}: my order {1000 + 37 * i} has not arrived. What now?"}]

@@ -57,12 +57,12 @@ def query_latency(ref: str) -> dict:
 def direct(spec_path: str, tmp: Path) -> float:
     """The knowledge pipeline without Prefect: the same component calls the flow's tasks make."""
     from adaptflow.system import System
-    from components.evaluate import arms_for, evaluate
-    from components.gates import evaluate_gates
-    from components.models import resolve_model
+    from components.evaluation.arms import arms_for, evaluate
+    from components.evaluation.gates import evaluate_gates
+    from components.models.load import resolve_model
     from components.registry import Registry, manifest_base
-    from components.route import route
-    from components.specload import load_spec
+    from components.routing.route import route
+    from components.spec.load import load_spec
     from flows.keys import data_hashes
     from vectorstore import build_index
 
@@ -85,7 +85,7 @@ def direct(spec_path: str, tmp: Path) -> float:
 
 
 def overhead(spec_path: str, tmp: Path) -> dict:
-    from components.specload import load_spec
+    from components.spec.load import load_spec
     from flows.pipeline import adapt
     from vectorstore import build_index
 

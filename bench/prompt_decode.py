@@ -45,9 +45,9 @@ def task_spec():
 def make_adapter(spec, folder: Path) -> Path:
     import torch
 
-    from components.adapter_io import save_adapter
-    from components.methods import apply_method
-    from components.models import load_model
+    from components.methods.io import save_adapter
+    from components.methods.registry import apply_method
+    from components.models.load import load_model
 
     torch.manual_seed(0)  # the soft prompt's own random init too: the same adapter every run
     model = apply_method(load_model(spec.base_model), spec.behavior.adapter)

@@ -27,7 +27,7 @@ def child(method: str, batch_size: int = 8) -> dict:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    from components.models import load_model, load_tokenizer
+    from components.models.load import load_model, load_tokenizer
     from components.spec import (
         BaseModelSpec,
         BehaviorDataSpec,
@@ -37,7 +37,7 @@ def child(method: str, batch_size: int = 8) -> dict:
         QuantizationSpec,
         TrainingSpec,
     )
-    from components.train import train
+    from components.training.recipe import train
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     base = BaseModelSpec(quantization=QuantizationSpec(bits=4) if method == "qlora" else None)

@@ -26,7 +26,7 @@ DEFAULT_ARMS = "base+retrieval,reader+retrieval,reader+gold-context"
 
 def defaults_spec(out: Path):
     """specs/lore-knowledge.yaml with `chunking` and `top_k` deleted (paths made absolute)."""
-    from components.specload import load_spec
+    from components.spec.load import load_spec
 
     text = (REPO / "specs" / "lore-knowledge.yaml").read_text()
     text = re.sub(r"(?m)^\s*(chunking|top_k):.*\n", "", text).replace("name: lore-knowledge", "name: lore-defaults")
@@ -52,7 +52,7 @@ def reader_for(spec, out: Path, data: Path | None, recipe: dict) -> tuple[Path, 
     """With neither --data nor --recipe: the `reader` stage itself (flows.pipeline), in $ADAPTFLOW_HOME's stage
     store under its real key, so a later `adaptflow run` of any knowledge spec finds it there (while the
     components package is unchanged). Otherwise a trial reader trained into --out/reader."""
-    from components import reader
+    from components.training import reader
 
     if data is None and not recipe:
         from flows.keys import reader_key
@@ -79,11 +79,11 @@ def reader_for(spec, out: Path, data: Path | None, recipe: dict) -> tuple[Path, 
 
 def settled(system, items, arm: str, rows: list[dict], gold) -> tuple[dict, list[dict]]:
     """The arm's rows re-decided with the system's calibrated abstention (the margins of the same answers)."""
-    from components.abstention import margins
-    from components.data import render_prompt
-    from components.evaluate import _score_row, arm_parts
-    from components.metrics import aggregate
-    from components.prompting import last_user_text, with_context
+    from components.evaluation.abstention import margins
+    from components.evaluation.arms import _score_row, arm_parts
+    from components.evaluation.metrics import aggregate
+    from components.models.prompting import last_user_text, with_context
+    from components.training.data import render_prompt
 
     context = arm_parts(arm)[1]
     if context == "gold":
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/reader-loop-cache"))
     parser.add_argument("--data", type=Path, default=None, help="reader rows (default: the shipped reader.jsonl)")
-    parser.add_argument("--recipe", default="{}", help="JSON merged into components.reader.RECIPE sections")
+    parser.add_argument("--recipe", default="{}", help="JSON merged into components.training.reader.RECIPE sections")
     parser.add_argument("--arms", default=DEFAULT_ARMS)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--abstain", choices=("auto", "model", "calibrated"), default="auto",
@@ -123,8 +123,8 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
 
     from adaptflow.system import System
-    from components.abstention import Abstention
-    from components.evaluate import (
+    from components.evaluation.abstention import Abstention
+    from components.evaluation.arms import (
         abstain_mode,
         add_losses,
         calibrate_abstention,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.objectstore import ObjectStore  # noqa: E402
 from components.registry import Registry  # noqa: E402
+from components.store.objectstore import ObjectStore  # noqa: E402
 from tests.s3server import S3Server  # noqa: E402
 
 FILES = {"adapter/adapter_model.safetensors": 1_800_000, "adapter/adapter_config.json": 900,

@@ -230,7 +230,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from components.models import builtin_model_dir, load_tokenizer
+    from components.models.load import builtin_model_dir, load_tokenizer
     from components.spec import BaseModelSpec
     from flows.vllm_launch import default_venv
 

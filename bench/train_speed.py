@@ -64,16 +64,16 @@ def behavior_spec(train: Path, evals: Path):
 
 def eval_loss(model, data, behavior, pad_id: int) -> float:
     """Mean answer-token cross-entropy on the held-out set, unpacked: the same function for both runs."""
-    from components.train import evaluate_loss
+    from components.training.recipe import evaluate_loss
 
     return evaluate_loss(model, data, behavior.training, packed=False, pad_id=pad_id)
 
 
 def run_adaptflow(behavior, out: Path) -> dict:
-    from components.adapter_io import load_adapter
-    from components.models import load_model, load_tokenizer
+    from components.methods.io import load_adapter
+    from components.models.load import load_model, load_tokenizer
     from components.spec import BaseModelSpec
-    from components.train import prepare_data, train
+    from components.training.recipe import prepare_data, train
 
     base = BaseModelSpec()
     model, tok = load_model(base), load_tokenizer(base)
@@ -89,9 +89,9 @@ def run_hf_trainer(behavior, out: Path, checkpointing: bool = False) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from components.models import load_model, load_tokenizer
+    from components.models.load import load_model, load_tokenizer
     from components.spec import BaseModelSpec
-    from components.train import prepare_data
+    from components.training.recipe import prepare_data
 
     base = BaseModelSpec()
     model, tok = load_model(base), load_tokenizer(base)
@@ -102,7 +102,7 @@ def run_hf_trainer(behavior, out: Path, checkpointing: bool = False) -> dict:
     model = get_peft_model(model, LoraConfig(r=spec.r, lora_alpha=spec.resolved_alpha, lora_dropout=spec.dropout,
                                              target_modules=spec.target_modules, task_type="CAUSAL_LM"))
     t = behavior.training
-    from components.train import plan_steps
+    from components.training.recipe import plan_steps
 
     warmup = int(t.warmup_ratio * plan_steps(len(rows), t)[1])  # the same whole number of steps our loop warms up
     args = TrainingArguments(

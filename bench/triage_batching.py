@@ -9,7 +9,7 @@ load from other processes hits every layout alike:
   grouped         length-grouped batches (what `packing: false` trains on), right-padded
 `packed` and `padded` hold the same examples, so their losses must agree (checked); `grouped`
 batches hold different examples of similar length, so only its speed is compared. The batches are
-`components.batching`'s and the loss is `components.train.batch_loss`, what the training loop computes.
+`components.training.batching`'s and the loss is `components.training.recipe.batch_loss`, what the training loop computes.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from components.batching import collate, epoch_batches
-from components.methods import apply_method
-from components.models import load_model, load_tokenizer
-from components.specload import load_spec
-from components.train import batch_loss, prepare_data
+from components.methods.registry import apply_method
+from components.models.load import load_model, load_tokenizer
+from components.spec.load import load_spec
+from components.training.batching import collate, epoch_batches
+from components.training.recipe import batch_loss, prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

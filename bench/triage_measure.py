@@ -4,8 +4,8 @@
     ADAPTFLOW_HOME=/tmp/afhome .venv/bin/python -m bench.triage_measure --method qlora --out /tmp/triage-qlora
 
 `--method qlora` trains the same spec's LoRA settings on a 4-bit NF4 (double-quant) base. Training is
-`components.train.train`, the entry point `adaptflow run` trains through; this script adds the
-exact-match measurement before and after. Prompts are rendered with `components.data.render_prompt`, exactly as in training; the answer is
+`components.training.recipe.train`, the entry point `adaptflow run` trains through; this script adds the
+exact-match measurement before and after. Prompts are rendered with `components.training.data.render_prompt`, exactly as in training; the answer is
 the first line of the greedy output, lower-cased, trailing punctuation stripped. Prints a JSON
 summary and writes it to OUT/measure.json.
 """
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from components.adapter_io import load_adapter
-from components.data import Example, load_examples, prompt_messages, render_prompt
-from components.models import load_model, load_tokenizer, resolve_model
+from components.methods.io import load_adapter
+from components.models.load import load_model, load_tokenizer, resolve_model
 from components.spec import QLoraSpec, QuantizationSpec, TaskSpec
-from components.specload import load_spec
-from components.train import prepare_data, train
+from components.spec.load import load_spec
+from components.training.data import Example, load_examples, prompt_messages, render_prompt
+from components.training.recipe import prepare_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@
 Each corpus is a spec as a new user writes it (`specs/unseen/NAME.yaml`: the documents, the evaluation file,
 everything else default; lore is `specs/lore-knowledge.yaml` as shipped). The index is built by the real build
 (`vectorstore.build_index`, tuning included where the spec leaves settings unset and enough held-out questions
-exist), and the arms are scored by the real evaluation (`components.evaluate.evaluate`: the same held-out
+exist), and the arms are scored by the real evaluation (`components.evaluation.arms.evaluate`: the same held-out
 split, reader choice, gold-context arms, bootstrap intervals as `adaptflow run`). The reader is the shipped one
 (`components/resources/reader-adapter/`) unless --reader names another peft folder.
 
@@ -38,12 +38,12 @@ def spec_path(name: str) -> Path:
 def reader_folder(spec, given: Path | None) -> Path:
     if given is not None:
         return given
-    from components.reader import copy_shipped, shipped_record
+    from components.training.reader import copy_shipped, shipped_record
 
     record = shipped_record(spec)
     if record is None:
         raise SystemExit("no shipped reader matches this base; pass --reader FOLDER or run "
-                         "`python -m components.reader --ship`")
+                         "`python -m components.training.reader --ship`")
     import tempfile
 
     where = Path(tempfile.mkdtemp(prefix="unseen-reader-"))
@@ -55,8 +55,8 @@ def run_corpus(name: str, out: Path, reader: Path | None, use_reader: bool, arms
                max_new_tokens: int | None, chunking: tuple[int, int] | None = None, gold: bool = True,
                abstain: str | None = None, base: str | None = None, reader_model: str | None = None) -> dict:
     from adaptflow.system import System
-    from components.evaluate import evaluate
-    from components.specload import load_spec
+    from components.evaluation.arms import evaluate
+    from components.spec.load import load_spec
     from flows.keys import tune_rows
     from vectorstore import build_index
 

@@ -14,7 +14,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from components.gates import describe_gate
+from components.evaluation.gates import describe_gate
 from flows.summary import arm_rows
 
 

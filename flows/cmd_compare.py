@@ -15,7 +15,7 @@ from components.compare import (
     knowledge_comparison,
 )
 from components.compare.knowledge import arm_specs
-from components.specload import SpecError, load_spec
+from components.spec.load import SpecError, load_spec
 from flows import console
 from flows.options import RootOpt, VerboseOpt, WorkspaceOpt
 from flows.server import prefect_api

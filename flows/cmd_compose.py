@@ -53,7 +53,7 @@ def compose(
     from adaptflow.compose import ComposeError
     from components.registry import RegistryError
     from components.spec import ComposeSpec
-    from components.specload import SpecError, load_spec
+    from components.spec.load import SpecError, load_spec
 
     try:
         if spec is not None:
@@ -83,7 +83,7 @@ def compose_flow(spec_path: str) -> str:
     """
     from prefect.artifacts import create_markdown_artifact
 
-    from components.specload import load_spec
+    from components.spec.load import load_spec
 
     task = load_spec(spec_path)
     if task.compose is None:

@@ -1,5 +1,5 @@
 """`adaptflow export NAME@REF --to merged|gguf|ollama|vllm --out DIR`: a registered system in an engine's format
-(components.export), verified against the adapted model before the folder appears."""
+(components.export.run), verified against the adapted model before the folder appears."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def export(
 ) -> None:
     """Export a registered system for llama.cpp, Ollama, vLLM or transformers; every export is checked against
     the adapted model (logits and greedy answers) and records export.json (source, digest, tools, the numbers)."""
-    from components.export import ExportError, export_version
-    from components.export_gguf import ConverterError
+    from components.export.gguf import ConverterError
+    from components.export.run import ExportError, export_version
     from components.registry import Registry, RegistryError
 
     try:

@@ -87,7 +87,7 @@ def index(
 ) -> None:
     """Build the spec's FAISS index; print build time, vectors, recall vs exact, and hit@k / MRR on its QA data."""
     console.setup("index", verbose)  # before the embedder's libraries load: no bars, no library warnings
-    from components.specload import SpecError, load_spec
+    from components.spec.load import SpecError, load_spec
 
     try:
         task = load_spec(spec, workspace)

@@ -1,4 +1,4 @@
-"""`adaptflow inspect NAME@REF`: where a registered adapter's change lives (components.inspect).
+"""`adaptflow inspect NAME@REF`: where a registered adapter's change lives (components.methods.inspect).
 
 The command reads the adapter's files directly (no Prefect server, no base model for factorised
 methods); the `inspect` deployment does the same from the Prefect UI and shows the summary and
@@ -21,7 +21,7 @@ from flows.options import RootOpt
 
 def run_inspection(ref: str, root: Path | None = None):
     """(source version, published `<name>--inspect` version, inspection); staging removed afterwards."""
-    from components.inspect import inspect_registered
+    from components.methods.inspect import inspect_registered
     from components.registry import Registry
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-inspect-"))
@@ -37,7 +37,7 @@ def inspect(
 ) -> None:
     """Per layer and module: ‖ΔW‖, effective rank, AdaLoRA's rank allocation, IA3's scaling spread;
     a heatmap and a summary registered as NAME--inspect."""
-    from components.inspect import InspectError
+    from components.methods.inspect import InspectError
     from components.registry import RegistryError
 
     try:

@@ -170,7 +170,7 @@ def engine_problem(engine: str, vllm_url: str | None, launch: bool, fallback: st
 
 def _base_folder(model: str) -> Path:
     """The folder vLLM loads for `--vllm-model`: the built-in alias's safetensors cache, or a local folder."""
-    from components.models import resolve_model
+    from components.models.load import resolve_model
     from components.spec import BaseModelSpec
 
     resolved = resolve_model(BaseModelSpec(id=model), verify=False)

@@ -50,9 +50,9 @@ def run(
 
 def _run(spec_file: Path, workspace: Path | None, root: Path | None, log: Path, processes: int | None = None,
          pool: str | None = None) -> int:
-    from components.distributed import with_processes
     from components.registry import Registry
-    from components.specload import load_spec
+    from components.spec.load import load_spec
+    from components.training.distributed import with_processes
     from flows import keys
 
     spec = with_processes(load_spec(spec_file, workspace), processes)  # fail fast, before Prefect starts
@@ -130,7 +130,7 @@ def _courtesy(record) -> None:
 
 
 def _saved_checkpoint(started: float) -> str | None:
-    from components.stages import StageStore
+    from components.store.stages import StageStore
 
     steps = [p.parent for p in StageStore().root.glob("train/*.work/checkpoints/step-*/complete.json")
              if p.stat().st_mtime >= started]

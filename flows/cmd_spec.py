@@ -10,7 +10,7 @@ import yaml
 
 from adaptflow.preflight import inputs_report
 from components.spec import TaskSpec
-from components.specload import SpecError, load_spec
+from components.spec.load import SpecError, load_spec
 from flows import console
 from flows.options import VerboseOpt, WorkspaceOpt
 
@@ -114,7 +114,7 @@ def plan(
 ) -> None:
     """Show the resolved spec, the route, data statistics, trainable parameters and a memory estimate."""
     console.setup("plan", verbose)  # before transformers is imported: no library warnings
-    from components.plan import make_plan
+    from components.routing.plan import make_plan
 
     try:
         task = load_spec(spec, workspace)

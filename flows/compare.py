@@ -27,7 +27,7 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import compare as cmp
-from components.route import Route
+from components.routing.route import Route
 from components.spec import TaskSpec
 from flows import artifacts, keys
 from flows.compare_child import PROGRESS
@@ -161,7 +161,7 @@ def auto_slots(spec: TaskSpec, n_variants: int) -> int:
     """Variants at once: 4 cores and ~4x the base weights in free memory (full fine-tuning) for each."""
     import psutil
 
-    from components.models import resolve_model
+    from components.models.load import resolve_model
 
     try:
         folder = Path(resolve_model(spec.base_model, verify=False).path)
@@ -176,7 +176,7 @@ def auto_slots(spec: TaskSpec, n_variants: int) -> int:
 def register_comparison(spec: TaskSpec, decision: Route, report: dict, volatile: dict):
     """Publish report.json, report.md and chart.png as `<name>--compare` (alias latest); `volatile` (this
     run's stage status and parallelism) goes in the manifest without making a new version."""
-    from components.models import resolve_model
+    from components.models.load import resolve_model
     from components.registry import Registry, manifest_base
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-compare-"))

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from components.route import route
+from components.routing.route import route
 from components.spec import TaskSpec
 from flows.keys import store
 from flows.pipeline import evaluate_arms, train_adapter

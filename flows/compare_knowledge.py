@@ -21,9 +21,9 @@ from prefect.cache_policies import NONE
 
 from adaptflow.inject import trainee
 from components.compare import knowledge as kc
-from components.reader import reader_mode
-from components.route import route
+from components.routing.route import route
 from components.spec import TaskSpec
+from components.training.reader import reader_mode
 from flows import keys
 from flows.keys import store
 from flows.pipeline import (
@@ -99,7 +99,7 @@ def measure_updates(spec: TaskSpec, indexed: Indexed) -> dict[str, dict]:
 
 @task(name="register-knowledge-comparison", cache_policy=NONE)
 def register_comparison(spec: TaskSpec, rows: list[kc.KnowledgeRow], update: dict, markdown: str):
-    from components.models import resolve_model
+    from components.models.load import resolve_model
     from components.registry import Registry, manifest_base
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-compare-"))

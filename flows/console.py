@@ -70,7 +70,7 @@ def _mtime(path: Path) -> float:
 
 
 def _log_path(command: str) -> Path:
-    from components.fileio import adaptflow_home
+    from components.store.fileio import adaptflow_home
 
     folder = adaptflow_home() / "logs"
     try:

@@ -103,7 +103,7 @@ def evaluate_registered(system: str) -> dict:
             (`adaptflow registry list` shows them).
     """
     from adaptflow.system import load_system
-    from components.evaluate import arms_for, evaluate
+    from components.evaluation.arms import arms_for, evaluate
 
     loaded = load_system(system)
     behavior, knowledge = loaded.method is not None, loaded.retriever is not None

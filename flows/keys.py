@@ -8,13 +8,13 @@ import pkgutil
 import platform
 from pathlib import Path
 
-from components.harness_eval import cache_view, task_digests
-from components.models import resolve_model
-from components.reader import reader_mode
+from components.evaluation.harness import cache_view, task_digests
+from components.models.load import resolve_model
 from components.registry import Version
-from components.route import Route, route
+from components.routing.route import Route, route
 from components.spec import TaskSpec
-from components.stages import StageStore, code_version, digest, path_digest
+from components.store.stages import StageStore, code_version, digest, path_digest
+from components.training.reader import reader_mode
 
 
 def store() -> StageStore:
@@ -75,7 +75,13 @@ def train_key(spec: TaskSpec) -> str:
 
 def reader_key(spec: TaskSpec) -> str:
     """The reading adapter's key: the same for every knowledge spec on one base (trained once, reused)."""
-    from components.reader import reader_behavior, reader_data, reader_mode, registered_reader, shipped_record
+    from components.training.reader import (
+        reader_behavior,
+        reader_data,
+        reader_mode,
+        registered_reader,
+        shipped_record,
+    )
 
     mode = reader_mode(spec)
     if mode != "builtin":
@@ -136,13 +142,13 @@ def _reader_model_part(spec: TaskSpec) -> list:
 
 
 def wants_probe(spec: TaskSpec) -> bool:
-    """`goal: auto` with an evaluation set: the route is measured (components.probe), not read off the spec."""
+    """`goal: auto` with an evaluation set: the route is measured (components.routing.probe), not read off the spec."""
     declared = spec.knowledge is not None and spec.knowledge.inject != "rag"  # inject says what is built
     return spec.goal == "auto" and spec.evaluation is not None and not declared
 
 
 def probe_key(spec: TaskSpec) -> str:
-    from components.probe import PROBE_ITEMS
+    from components.routing.probe import PROBE_ITEMS
 
     base = resolve_model(spec.base_model, verify=False)
     hashes = {k: v for k, v in data_hashes(spec).items() if k.startswith("evaluation.")}
@@ -157,7 +163,7 @@ def cached_route(spec: TaskSpec) -> Route:
     if wants_probe(spec) and (found := store().done("probe", probe_key(spec))):
         import json
 
-        from components.probe import Evidence, decide
+        from components.routing.probe import Evidence, decide
 
         data = json.loads((found / "probe.json").read_text())
         return decide(spec, Evidence(data["items"], data["strict_metric"], data["arms"]))

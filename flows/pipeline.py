@@ -17,13 +17,13 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from adaptflow.inject import trainee
-from components.gates import GateResult, evaluate_gates
-from components.reader import reader_mode
+from components.evaluation.gates import GateResult, evaluate_gates
 from components.registry import Registry, Version, manifest_base
-from components.registry_lineage import base_model_record
-from components.route import Route, route
+from components.registry.lineage import base_model_record
+from components.routing.route import Route, route
 from components.spec import TaskSpec
-from components.specload import load_spec
+from components.spec.load import load_spec
+from components.training.reader import reader_mode
 from flows import artifacts, keys
 from flows.keys import store
 from flows.names import spec_run_name
@@ -51,8 +51,8 @@ def decide_route(spec: TaskSpec) -> Route:
 def probe_route(spec: TaskSpec, indexed: Indexed | None, key: str) -> Path:
     """The base model on a sample of the evaluation set, without context, with retrieval and with gold context."""
     from adaptflow.system import System
-    from components.evaluate import load_eval_items
-    from components.probe import measure, sample
+    from components.evaluation.arms import load_eval_items
+    from components.routing.probe import measure, sample
 
     system = System(f"{spec.name}@probe", spec, None, indexed.index if indexed else None)
     evidence = measure(system, spec, sample(load_eval_items(spec)))
@@ -64,7 +64,7 @@ def probe_route(spec: TaskSpec, indexed: Indexed | None, key: str) -> Path:
 def measured_route(spec: TaskSpec) -> tuple[Route, Indexed | None, dict | None]:
     """`goal: auto` with an evaluation set: build the index first (it is what retrieval is probed with), probe
     (cached like every stage), decide. Otherwise the declared route. Returns (route, index stage, evidence)."""
-    from components.probe import Evidence, decide
+    from components.routing.probe import Evidence, decide
 
     if not keys.wants_probe(spec):
         return decide_route(spec), None, None
@@ -79,12 +79,12 @@ def measured_route(spec: TaskSpec) -> tuple[Route, Indexed | None, dict | None]:
 
 @task(name="train-adapter", cache_policy=NONE)
 def train_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
-    """Train the spec's adapter into the stage store under `key`: components.train.train_task in this process,
-    or on `training.distributed.processes` processes through `accelerate launch` (components.distributed),
+    """Train the spec's adapter into the stage store under `key`: components.training.recipe.train_task in this process,
+    or on `training.distributed.processes` processes through `accelerate launch` (components.training.distributed),
     followed here. `progress` defaults to the UI's progress artifact; `compare`'s child process calls `.fn`
     with its own, without Prefect."""
-    from components import distributed
-    from components.train import train_task
+    from components.training import distributed
+    from components.training.recipe import train_task
 
     progress = progress or artifacts.Progress("training", f"train-{spec.name}")
     work = store().work("train", key)
@@ -98,7 +98,7 @@ def train_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
 @task(name="reader", cache_policy=NONE)
 def reader_adapter(spec: TaskSpec, key: str, progress=None) -> Path:
     """The reading adapter under `key`: the builtin one trained here, or a registered one's adapter copied."""
-    from components.reader import copy_shipped, registered_reader, shipped_record, train_reader
+    from components.training.reader import copy_shipped, registered_reader, shipped_record, train_reader
 
     work = store().work("reader", key)
     mode = reader_mode(spec)
@@ -157,8 +157,8 @@ def evaluate_arms(spec: TaskSpec, decision: Route, trained: Trained | None, inde
                   key: str, reader: Trained | None = None) -> Path:
     """Evaluate the candidate's arms into the stage store under `key` (`compare`'s child calls `.fn`)."""
     from adaptflow.system import System
-    from components.evaluate import arms_for, evaluate
-    from components.reader import chosen_reader_decides
+    from components.evaluation.arms import arms_for, evaluate
+    from components.training.reader import chosen_reader_decides
 
     adapting = trained or reader  # a knowledge spec's reader is its adapter
     system = System(f"{spec.name}@candidate", spec, adapting.adapter if adapting else None,
@@ -186,7 +186,7 @@ def shipped_reader(evaluated: Evaluated, reader: Trained | None) -> Trained | No
 
 
 # How a run went, not what it made: wall times, memory, whether it resumed. They go to the manifest's
-# volatile section, so two runs of the same inputs register one version (components.registry_files).
+# volatile section, so two runs of the same inputs register one version (components.registry.files).
 VOLATILE_TRAIN_KEYS = ("wall_seconds", "train_seconds", "tokens_per_second", "peak_rss_mb", "resumed_from_step")
 
 
@@ -228,7 +228,7 @@ def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained
     """Register the stages' outputs as `spec.name`; `aliases` default to latest + promote_to (the registry moves
     them only as far as `gates` allow), `extra` joins the manifest. `probe_key`: the measured route's probe stage
     (goal: auto), recorded with the other stage keys."""
-    from components.models import resolve_model
+    from components.models.load import resolve_model
 
     staging = Path(tempfile.mkdtemp(prefix="adaptflow-stage-"))
     try:
@@ -254,7 +254,7 @@ def publish(spec: TaskSpec, decision: Route, gates: GateResult, trained: Trained
 def adapt(spec_path: str, workspace: str | None = None, processes: int | None = None) -> str:
     """Turn a spec into an evaluated, registered system; returns NAME@vN. `processes` overrides
     `training.distributed.processes` (training on several processes through accelerate)."""
-    from components.distributed import with_processes
+    from components.training.distributed import with_processes
 
     spec = with_processes(load_task_spec(spec_path, workspace), processes)
     decision, prebuilt_index, evidence = measured_route(spec)

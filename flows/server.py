@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from components.fileio import adaptflow_home, atomic_write_json
+from components.store.fileio import adaptflow_home, atomic_write_json
 
 DEFAULT_PORT = int(os.environ.get("ADAPTFLOW_PREFECT_PORT", "4200"))
 DRAIN_SECONDS = 3.0  # logs and events still queued for the server when a run ends

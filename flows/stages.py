@@ -1,6 +1,6 @@
 """The stage seam: `run_stage` reuses or computes one stage's output under its content key, and returns it typed.
 
-A stage (probe, train, reader, index, eval) is a folder in the stage store (components.stages), keyed by the
+A stage (probe, train, reader, index, eval) is a folder in the stage store (components.store.stages), keyed by the
 hash of its resolved inputs (flows.keys). The flows pass the typed results below between stages; their
 readers (`record()`, `report()`) are the one place that knows the file names inside a stage's folder.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.stages import DONE
+from components.store.stages import DONE
 from flows.keys import store
 
 
@@ -40,7 +40,7 @@ class Trained(StageResult):
         return self.path / "adapter"
 
     def record(self) -> dict:
-        """The training record (components.train.TrainRecord as a dict; a registered reader's is {"from": ref})."""
+        """The training record (components.training.recipe.TrainRecord as a dict; a registered reader's is {"from": ref})."""
         return json.loads((self.path / "train_record.json").read_text())
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from components.evaluate import METRIC_ORDER
-from components.harness_eval import harness_table
+from components.evaluation.arms import METRIC_ORDER
+from components.evaluation.harness import harness_table
 from components.registry import Registry, Version, gate_status
 
 

@@ -18,7 +18,7 @@ UNRECORDED = "unrecorded-runs.jsonl"
 
 
 def _ledger() -> Path:
-    from components.fileio import adaptflow_home
+    from components.store.fileio import adaptflow_home
 
     return adaptflow_home() / UNRECORDED
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from components.fileio import adaptflow_home
+from components.store.fileio import adaptflow_home
 
 __all__ = ["VENV_ENV", "VllmStart", "default_venv", "launched", "vllm_command"]
 

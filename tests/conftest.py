@@ -10,6 +10,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
+import json  # noqa: E402
 import signal  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def builtin_dir() -> Path:
     """The built-in model's safetensors cache folder (converted once per ADAPTFLOW_HOME)."""
-    from components.models import builtin_model_dir
+    from components.models.load import builtin_model_dir
 
     return builtin_model_dir(verify=False)
 
@@ -110,3 +111,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The adapter-method tests' shared fixtures (methods, registry, hybrids, inspection, composition, precision):
+# an untied tiny Llama saved as a model folder, and a tiny yes/no chat data set, with or without a system message.
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer) -> Path:
+    """An untied tiny Llama: its greedy output moves as soon as an adapter changes the hidden states."""
+    folder = tmp_path_factory.mktemp("tiny-untied")
+    make_tiny_llama(tokenizer, tie_word_embeddings=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _yes_no(folder: Path, system: str | None) -> Path:
+    path = folder / "train.jsonl"
+    head = [{"role": "system", "content": system}] if system else []
+    rows = [{"messages": [*head, {"role": "user", "content": f"Is {n} even?"},
+                          {"role": "assistant", "content": "yes" if n % 2 == 0 else "no"}]} for n in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """Eight 'Is n even?' chats, user and assistant turns only."""
+    return _yes_no(tmp_path_factory.mktemp("data"), None)
+
+
+@pytest.fixture(scope="module")
+def system_data_file(tmp_path_factory) -> Path:
+    """The same eight chats, each opening with a system message (the method tests train on these)."""
+    return _yes_no(tmp_path_factory.mktemp("data"), "Answer yes or no.")

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from components.metrics import is_abstention
+from components.evaluation.metrics import is_abstention
 
 UNSEEN = Path(__file__).resolve().parents[1] / "specs" / "data" / "unseen"
 KEPT_OUT = {"FROZEN", "README.md"}

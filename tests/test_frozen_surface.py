@@ -30,9 +30,9 @@ def test_adaptflow_schema_is_the_committed_one():
 
 def test_the_triage_example_registers_with_the_digest_it_had(tmp_path):
     from components.registry import Registry
-    from components.registry_lineage import manifest_base
-    from components.route import route
-    from components.specload import load_spec
+    from components.registry.lineage import manifest_base
+    from components.routing.route import route
+    from components.spec.load import load_spec
 
     spec = load_spec(REPO / "specs" / "support-triage.yaml")
     decision = route(spec)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "vectorstore", "adaptflow", "flows")
-FLOOR = ("components.spec", "components.specload", "components.remote_code", "components.fileio",
-         "components.evalset", "components.accelerate_config")
+FLOOR = ("components.spec", "components.spec.load", "components.spec.remote_code", "components.store.fileio",
+         "components.spec.evalset", "components.spec.accelerate")
 
 @dataclass(frozen=True)
 class Edge:
@@ -171,13 +171,13 @@ def test_the_walk_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle():
-    edges = [Edge("components.train", "vectorstore.build", "components/train.py", 3),
-             Edge("components.fileio", "components.models", "components/fileio.py", 9),
+    edges = [Edge("components.training.recipe", "vectorstore.build", "components/training/recipe.py", 3),
+             Edge("components.store.fileio", "components.models.load", "components/store/fileio.py", 9),
              Edge("vectorstore.build", "components.spec", "vectorstore/build.py", 1),
              Edge("a.x", "a.y", "a/x.py", 1), Edge("a.y", "a.z", "a/y.py", 1), Edge("a.z", "a.x", "a/z.py", 1)]
     assert [str(e) for e in upward_imports(edges[:3])] == [
-        "components/train.py:3: components.train -> vectorstore.build",
-        "components/fileio.py:9: components.fileio -> components.models"]
+        "components/training/recipe.py:3: components.training.recipe -> vectorstore.build",
+        "components/store/fileio.py:9: components.store.fileio -> components.models.load"]
     assert cycles(edges) == [["a.x", "a.y", "a.z"]]
 
 

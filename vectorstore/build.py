@@ -138,7 +138,7 @@ def build_index(
     embedder.probe  # noqa: B018 - computed now, so that it is not counted as build time
     tuning = None
     if tune_rows:
-        from components.evalset import TUNE_MIN
+        from components.spec.evalset import TUNE_MIN
         from vectorstore.tune import tune_retrieval
 
         knowledge, tuning = tune_retrieval(knowledge, tune_rows, embedder, cache_dir, build_index=build_index,

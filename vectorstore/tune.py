@@ -4,7 +4,7 @@ When the evaluation rows name gold documents and the spec leaves `chunking` or `
 the index build tries a small grid (chunk sizes x k) and keeps the best by retrieval measures
 only (no generation: seconds, not minutes). It measures on a held-out half of the questions,
 chosen by a hash of the question text (stable when rows are added or reordered); the other half
-is the evaluation's, which never sees this choice (components.evaluate drops the held-out half).
+is the evaluation's, which never sees this choice (components.evaluation.arms drops the held-out half).
 
 Choice: the highest recall@k; among settings within RECALL_SLACK of it, the one that puts the
 fewest tokens into the prompt (size x k), since a small model reads a short context better; then
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.evalset import (
+from components.spec import ChunkingSpec, KnowledgeSpec
+from components.spec.evalset import (
     TUNE_MIN,
     is_held_out,
     question_key,
@@ -30,7 +31,6 @@ from components.evalset import (
     read_eval_file,
     read_eval_rows,
 )
-from components.spec import ChunkingSpec, KnowledgeSpec
 
 SIZES = (100, 200, 400)  # embedder tokens; overlap is a fifth of the size
 TOP_KS = (2, 3, 4)
@@ -54,7 +54,7 @@ def read_tune_rows(path: Path) -> list[tuple[str, list[str], list[str]]]:
 
 
 def _words(text: str) -> str:
-    """SQuAD normalization, as components.metrics.normalize_answer (lowercase, no punctuation or articles)."""
+    """SQuAD normalization, as components.evaluation.metrics.normalize_answer (lowercase, no punctuation or articles)."""
     text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
     return " " + " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split()) + " "
 

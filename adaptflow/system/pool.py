@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.models import load_model
-from components.precision import task_precision
+from components.models.load import load_model
+from components.models.precision import task_precision
 from components.serving.bases import BaseHandle, base_loads, shared_base
 from components.spec import PROMPT_LEARNING, SHARED_LANE, TaskSpec, soft_prompt
 
@@ -58,7 +58,7 @@ def injected(method: str | None) -> bool:
 
 def attach_adapter(handle: BaseHandle, spec: TaskSpec, method: str, adapter_dir: Path) -> Attached:
     """Load the adapter at `adapter_dir` where its method puts it (see the module docstring)."""
-    from components.adapter_io import load_adapter
+    from components.methods.io import load_adapter
 
     with handle.lock:
         if method in PROMPT_LEARNING:

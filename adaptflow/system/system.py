@@ -30,9 +30,9 @@ from adaptflow.system.generation import (
 from adaptflow.system.pool import attach_adapter, injected, peft_type, release_adapter, shared_base
 from adaptflow.system.stream import Stream
 from adaptflow.system.types import Answer, Citation, Usage
-from components.abstention import Abstention, Support, margins
-from components.precision import task_precision
-from components.prompting import format_context, last_user_text, question_messages, with_context
+from components.evaluation.abstention import Abstention, Support, margins
+from components.models.precision import task_precision
+from components.models.prompting import format_context, last_user_text, question_messages, with_context
 from components.serving.embedding import batching
 from components.serving.engine import Completion, Route, Row
 from components.serving.sampling import SamplingParams, TokenChoice
@@ -67,7 +67,7 @@ class System:
         # another generation backend (flows.vllm_backend, `serve --engine vllm`): `submit(row, use_adapter)`
         # queues the rows there instead of on the base's engine; None: the built-in engine
         self.backend = None
-        self.abstention = Abstention()  # the model's text alone, until calibrated (components.abstention)
+        self.abstention = Abstention()  # the model's text alone, until calibrated (components.evaluation.abstention)
         self._support: Support | None = None  # built on first use from the index's chunks
         lane = peft_type(Path(adapter_dir)) if injected(self.method) else None
         # knowledge.reader_model, when set, writes every answer (docs/reading.md); else base_model
@@ -130,7 +130,7 @@ class System:
         """Answers to already-contextualised message lists (the evaluation's batched path). With the adapter and
         a calibrated abstention (and `abstention`), an answer becomes the abstain phrase where the reader's margin
         passes the threshold, as `query` and `stream` answer."""
-        from components.data import render_prompt
+        from components.training.data import render_prompt
 
         tok = self.handle.tokenizer
         prompts = [render_prompt(tok, messages) for messages in batch]
@@ -149,12 +149,12 @@ class System:
 
     def _calibrated(self, batch: list[list[dict]]) -> bool:
         """A calibrated abstention applies to answers read from context (the prompt template's, with chunks)."""
-        from components.prompting import CONTEXT_INSTRUCTION
+        from components.models.prompting import CONTEXT_INSTRUCTION
 
         return self.abstention.calibrated and all(CONTEXT_INSTRUCTION in last_user_text(m) for m in batch)
 
     def supports(self, user_texts: list[str], answers: list[str]) -> list[float | None]:
-        """The context's support of each answer (components.abstention.Support, IDF over this index's chunks);
+        """The context's support of each answer (components.evaluation.abstention.Support, IDF over this index's chunks);
         None where the user message is not the context template's or there is no index."""
         if self.retriever is None:
             return [None] * len(answers)
@@ -181,7 +181,7 @@ class System:
 
     def prepare_chat(self, messages: list[dict], *, use_retrieval: bool = True, top_k: int | None = None) -> Prepared:
         """The chat template over `messages`, the retrieved chunks in the last user message."""
-        from components.data import render_prompt
+        from components.training.data import render_prompt
 
         hits, took = self._hits(last_user_text(_checked_messages(messages)), use_retrieval, top_k)
         read = with_context(messages, [(h.title, h.text) for h in hits])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from components.models import ResolvedModel, load_model, load_tokenizer, resolve_model
+from components.models.load import ResolvedModel, load_model, load_tokenizer, resolve_model
 from components.serving.engine import Engine
 from components.spec import BaseModelSpec
 
@@ -62,7 +62,7 @@ def _base_key(spec: BaseModelSpec, resolved: ResolvedModel, precision: str) -> t
 
 def shared_base(spec: BaseModelSpec, peft_type: str | None = None, precision: str = "auto") -> BaseHandle:
     """The loaded copy of `spec`'s base for adapters of `peft_type` (None: any copy will do), in the
-    precision the systems were trained in (`training.precision`, components.precision)."""
+    precision the systems were trained in (`training.precision`, components.models.precision)."""
     resolved = resolve_model(spec, verify=False)
     key = _base_key(spec, resolved, precision)
     with _BASES_LOCK:

@@ -1,8 +1,8 @@
 """The task spec: the user contract, as strict, frozen, nested pydantic models.
 
 A spec file is data the user edits (specs/*.yaml); this package is its schema. Loading, line
-numbers and friendly errors live in `components.specload`. Every adapter method is one class
-in `components.spec.methods`; its translation to peft lives in `components.methods` (one place: peft keyword names appear nowhere else).
+numbers and friendly errors live in `components.spec.load`. Every adapter method is one class
+in `components.spec.methods`; its translation to peft lives in `components.methods.registry` (one place: peft keyword names appear nowhere else).
 
 One module per concern, each importing only the ones before it:
 - `base`: the `Strict` base model, built-in names, upper bounds, path resolution and workspace confinement;

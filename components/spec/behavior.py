@@ -21,7 +21,7 @@ from components.spec.methods import NO_CHECKPOINTING, AdapterSpec, LoraSpec
 # --- behavior: data, training (its adapter methods: components.spec.methods) -----------------
 
 
-# The fields each row format reads (components.data), required ones first: what `columns` may map.
+# The fields each row format reads (components.training.data), required ones first: what `columns` may map.
 DATA_FIELDS = {
     "chat": ("messages",),
     "instruction": ("instruction", "output", "input"),
@@ -123,7 +123,7 @@ class DistributedSpec(Strict):
 
     @model_validator(mode="after")
     def _config_runs(self) -> DistributedSpec:
-        from components.accelerate_config import check
+        from components.spec.accelerate import check
 
         check(self.config)
         return self
@@ -191,7 +191,7 @@ class BehaviorSpec(Strict):
 
     @model_validator(mode="after")
     def _accelerate_config_runs(self) -> BehaviorSpec:
-        from components.accelerate_config import problem
+        from components.spec.accelerate import problem
 
         dist = self.training.distributed
         if dist is not None and (why := problem(dist.config, self.adapter.method)):

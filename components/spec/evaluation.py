@@ -30,7 +30,7 @@ def parse_gate(expr: str) -> tuple[str, float]:
     raise ValueError(f"gate '{expr}' is not '<op> <number>'; write e.g. \">= 0.5\" (ops: {', '.join(_GATE_OPS)})")
 
 
-HARNESS_PACKAGE = "lm_eval"  # lm-evaluation-harness, the optional `harness` extra (components.harness_eval)
+HARNESS_PACKAGE = "lm_eval"  # lm-evaluation-harness, the optional `harness` extra (components.evaluation.harness)
 HARNESS_INSTALL = "pip install 'adaptflow[harness]'"  # lm-eval==0.4.13
 
 

@@ -16,7 +16,7 @@ from pydantic_core import CoreSchema
 from components.spec.base import MAX_ALPHA, MAX_RANK, MAX_VIRTUAL_TOKENS, Strict
 
 TargetModules = list[str] | Literal["all-linear"]
-# Unset (None): the base architecture's default, filled in once the model is known (components.target_modules)
+# Unset (None): the base architecture's default, filled in once the model is known (components.models.target_modules)
 MODULES_DEFAULT = "unset: the base architecture's default (peft's table by config.model_type; q_proj, v_proj on Llama)"
 
 
@@ -31,7 +31,7 @@ class AdapterBase(Strict):
     """An adapter method's spec class: a `method: Literal[...]` tag, its fields, and its traits.
 
     Defining a subclass with a new tag adds it to `AdapterSpec` (the `behavior.adapter` union, the schema,
-    `compare.methods`); `components.methods.register` gives it its builder. Code asks a spec class for its
+    `compare.methods`); `components.methods.registry.register` gives it its builder. Code asks a spec class for its
     traits instead of keeping lists of method names (docs/adding-a-method.md)."""
 
     lr_family: ClassVar[LrFamily]  # compare's learning-rate family; every method names one
@@ -90,7 +90,7 @@ def adapter_methods() -> tuple[str, ...]:
 
 
 def remove_adapter_class(method: str) -> None:
-    """Take a method out of the union again (components.methods.unregister; a test's own method)."""
+    """Take a method out of the union again (components.methods.registry.unregister; a test's own method)."""
     del _ADAPTERS[method]
     _rebuild_union()
 

@@ -7,7 +7,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from components.remote_code import RemoteCodeError, check_pin
 from components.spec.base import (
     BUILTIN_BASES,
     BUILTIN_MODEL,
@@ -16,6 +15,7 @@ from components.spec.base import (
     _local_folder,
     _resolve_path,
 )
+from components.spec.remote_code import RemoteCodeError, check_pin
 
 # --- base model --------------------------------------------------------------------------
 
@@ -31,7 +31,7 @@ class BaseModelSpec(Strict):
                                                "or a local folder (relative to the spec)")
     revision: str | None = Field(
         None, description="with trust_remote_code: a full 40-hex commit, or for a local folder the sha256 of its "
-        "*.py files (python -m components.remote_code FOLDER)"
+        "*.py files (python -m components.spec.remote_code FOLDER)"
     )
     trust_remote_code: bool = False
     chat_template: str | None = Field(

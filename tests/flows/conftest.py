@@ -112,7 +112,7 @@ def served_registry(prefect_api, tmp_path_factory, tiny_llama_dir, tiny_embedder
         mp.setenv("ADAPTFLOW_REGISTRY", str(root / "registry"))
         mp.setenv("ADAPTFLOW_STAGES", str(root / "stages"))
         for sub, (goal, name, seed) in SERVED.items():
-            # a gate that always passes: without gates only `latest` moves (components/gates.py)
+            # a gate that always passes: without gates only `latest` moves (components/evaluation/gates.py)
             spec = write_workspace(root / sub, tiny_llama_dir, tiny_embedder_dir, goal=goal,
                                    gates='{answer_f1: ">= 0.0"}')
             text = spec.read_text().replace(f"name: tiny-{goal}", f"name: {name}").replace("seed: 0", f"seed: {seed}")

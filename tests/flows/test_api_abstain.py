@@ -9,9 +9,9 @@ import shutil
 import openai
 import pytest
 
-from components.prompting import ABSTAIN_PHRASE
+from components.models.prompting import ABSTAIN_PHRASE
 from components.registry import Registry
-from components.registry_core import ASSIGNED_KEYS
+from components.registry.core import ASSIGNED_KEYS
 from tests.flows.serve_helpers import running_server
 
 pytestmark = pytest.mark.integration

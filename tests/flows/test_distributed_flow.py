@@ -17,15 +17,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _role(proc: psutil.Process) -> str:
-    """`launch` or `rank`: python [-u] -m components.distributed ROLE ..."""
+    """`launch` or `rank`: python [-u] -m components.training.distributed ROLE ..."""
     args = proc.cmdline()
-    return args[args.index("components.distributed") + 1]
+    return args[args.index("components.training.distributed") + 1]
 
 
 def _trainers(pid: int) -> list[psutil.Process]:
     """The accelerate launcher and the ranks under the CLI process."""
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if "components.distributed" in p.cmdline()]
+        return [p for p in psutil.Process(pid).children(recursive=True) if "components.training.distributed" in p.cmdline()]
     except psutil.NoSuchProcess:
         return []
 

@@ -13,7 +13,7 @@ import pytest
 
 from components.registry import Registry
 from components.spec import TaskSpec
-from components.specload import SpecError, load_spec
+from components.spec.load import SpecError, load_spec
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ def test_finetune_trains_the_documents_evaluates_and_registers_a_vanilla_peft_ad
 
 def test_both_trains_and_indexes_and_pairs_are_prompted_as_the_evaluation(prefect_api, make_workspace, isolated):
     from adaptflow.inject import pair_rows
-    from components.evaluate import load_eval_items
+    from components.evaluation.arms import load_eval_items
     from flows.pipeline import adapt
 
     root = make_workspace(goal="both")

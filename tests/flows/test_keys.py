@@ -11,7 +11,7 @@ from flows.keys import STAGE_CODE, package_version
 
 def test_editing_a_prompt_template_or_a_nested_module_changes_the_stage_code_hash(tmp_path, monkeypatch):
     """A real copy of the package, edited on disk as a developer would: the template that builds every evaluation
-    prompt (components/prompting.py, missing from the old hand-kept module list) and a nested serving module."""
+    prompt (components/models/prompting.py, missing from the old hand-kept module list) and a nested serving module."""
     source = importlib.util.find_spec(STAGE_CODE).submodule_search_locations[0]
     copy = tmp_path / "pkgs" / "components_copy"
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -35,7 +35,7 @@ def test_editing_the_accelerate_config_file_changes_the_training_inputs(tmp_path
     import yaml
 
     from flows.keys import data_hashes
-    from tests.components.test_fsdp import fsdp_config, task
+    from tests.components.training.test_fsdp import fsdp_config, task
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]}\n')

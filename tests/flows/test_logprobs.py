@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from components.adapter_io import save_adapter
-from components.methods import apply_method
+from components.methods.io import save_adapter
+from components.methods.registry import apply_method
 from components.registry import Registry
-from components.registry_lineage import manifest_base
+from components.registry.lineage import manifest_base
 from components.spec import TaskSpec
 from flows.api import create_app
 from tests.conftest import make_tiny_llama, save_tiny_llama

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from components.registry import RegistryError
-from components.specload import SpecError
-from tests.components.test_preflight import readonly_dir  # noqa: F401 - a real read-only mount, when allowed
+from components.spec.load import SpecError
+from tests.adaptflow.test_preflight import readonly_dir  # noqa: F401 - a real read-only mount, when allowed
 
 pytestmark = pytest.mark.integration
 

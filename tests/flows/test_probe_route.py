@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from components.probe import Evidence, decide, sample
 from components.registry import Registry
+from components.routing.probe import Evidence, decide, sample
 from components.spec import TaskSpec
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from components.models import resolve_model
+from components.models.load import resolve_model
 from components.registry import Registry
 from components.spec import BUILTIN_GEMMA, BaseModelSpec
 

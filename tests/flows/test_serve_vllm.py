@@ -32,7 +32,7 @@ def _register(root: Path, work: Path) -> None:
     """Two LoRA systems (random weights, bench.serve_load) and lore-knowledge: its index, the shipped reader."""
     from bench.serve_load import register
     from components.registry import Registry
-    from components.specload import load_spec
+    from components.spec.load import load_spec
     from vectorstore.build import build_index
 
     register(root, work)

@@ -1,8 +1,8 @@
-"""Forgetting on lm-evaluation-harness tasks (`evaluation.forgetting.harness`, components.harness_eval), in process.
+"""Forgetting on lm-evaluation-harness tasks (`evaluation.forgetting.harness`, components.evaluation.harness), in process.
 
 A tiny random Llama with a perturbed LoRA adapter (seconds on one core), a spec naming two local task YAMLs over
 our own data (the triage labels as a multiple_choice task, the general-text sample as a loglikelihood_rolling one),
-evaluated by `components.evaluate.evaluate`. The report's base and adapted scores must be what lm-eval's own
+evaluated by `components.evaluation.arms.evaluate`. The report's base and adapted scores must be what lm-eval's own
 `simple_evaluate` gives for the same LM, and what lm-eval's `hf` backend gives for the same weights (the base alone,
 and the base with the adapter through its `peft=` argument): an oracle that shares none of our scoring code.
 
@@ -47,8 +47,8 @@ def local_tasks(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def adapted(tiny_llama_dir, tokenizer, tmp_path_factory):
     """A LoRA adapter on the tiny Llama, perturbed so the adapted scores differ from the base's."""
-    from components.adapter_io import save_adapter
-    from components.methods import apply_method
+    from components.methods.io import save_adapter
+    from components.methods.registry import apply_method
     from components.spec import AdapterSpec
 
     adapter = TypeAdapter(AdapterSpec).validate_python({"method": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]})
@@ -97,9 +97,9 @@ def test_the_report_holds_each_task_base_and_adapted_with_stderr_as_lm_eval_scor
     from lm_eval.tasks import TaskManager
 
     from adaptflow.system import System
-    from components.evaluate import evaluate
-    from components.harness_eval import BOOTSTRAP_ITERS, system_lm
-    from components.specload import load_spec
+    from components.evaluation.arms import evaluate
+    from components.evaluation.harness import BOOTSTRAP_ITERS, system_lm
+    from components.spec.load import load_spec
     from flows.summary import forgetting_lines
 
     tasks = local_tasks(tmp_path / "tasks")

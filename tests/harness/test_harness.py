@@ -39,7 +39,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def registry() -> Path:
     """The registry holding support-triage, registered by `adaptflow run` (kept: a rerun is up to date)."""
-    from components.fileio import adaptflow_home
+    from components.store.fileio import adaptflow_home
 
     root = Path(os.environ.get("ADAPTFLOW_HARNESS_REGISTRY", adaptflow_home() / "harness" / "registry"))
     env = os.environ | {"ADAPTFLOW_REGISTRY": str(root)}
@@ -93,7 +93,7 @@ def test_lm_eval_scores_the_served_system_as_its_evaluation_did(registry, served
     version = Registry(registry).resolve("support-triage@latest")
     report = json.loads((version.path / "eval" / "report.json").read_text())
     accuracy = report["metrics"]["accuracy"]  # the main arm's (adapter, no retrieval)
-    from components.models import builtin_model_dir
+    from components.models.load import builtin_model_dir
 
     common = f"model={version.ref},num_concurrent=1,max_retries=1,timeout=600"  # one try: a failure is an error
     generated = lm_eval(tmp_path / "generate", "--model", "local-chat-completions", "--tasks", "triage_generate",

@@ -62,7 +62,7 @@ def test_index_command_errors_name_the_spec(tmp_path, tiny_embedder, make_corpus
 @pytest.mark.slow
 def test_lore_set_with_builtin_minilm(tmp_path, monkeypatch):
     """The shipped example: the real MiniLM must retrieve a gold document in the top 4 for >= 90% of questions."""
-    from components.specload import load_spec
+    from components.spec.load import load_spec
     from vectorstore import Retriever, build_index, evaluate_retrieval, load_embedder, read_eval_rows
 
     monkeypatch.setenv("ADAPTFLOW_HOME", str(tmp_path / "home"))

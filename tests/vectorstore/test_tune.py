@@ -90,7 +90,7 @@ def test_explicit_values_are_kept_and_the_index_records_the_choice(corpus, tiny_
 
 
 def test_evaluation_leaves_the_held_out_half_out(corpus, tiny_embedder, tiny_embedder_dir, tmp_path):
-    from components.evaluate import EvalItem, evaluation_half
+    from components.evaluation.arms import EvalItem, evaluation_half
 
     build_index(knowledge(corpus, tiny_embedder_dir), tmp_path / "index", embedder=tiny_embedder,
                 cache_dir=tmp_path / "cache", tune_rows=rows(), tune_min=1)
@@ -102,7 +102,7 @@ def test_evaluation_leaves_the_held_out_half_out(corpus, tiny_embedder, tiny_emb
 
 
 def test_the_grid_records_answer_recall(corpus, tiny_embedder, tiny_embedder_dir, tmp_path):
-    from components.metrics import contains_answer
+    from components.evaluation.metrics import contains_answer
 
     tuned, record = tune_retrieval(knowledge(corpus, tiny_embedder_dir), answered_rows(), tiny_embedder, tmp_path / "c",
                                    build_index=build_index, min_questions=1)
@@ -134,8 +134,8 @@ def test_tune_rows_carry_the_answers(tmp_path):
 
 def test_below_the_minimum_nothing_is_tuned_and_every_question_is_evaluated(corpus, tiny_embedder, tiny_embedder_dir,
                                                                            tmp_path):
-    from components.evalset import TUNE_MIN
-    from components.evaluate import EvalItem, evaluation_half
+    from components.evaluation.arms import EvalItem, evaluation_half
+    from components.spec.evalset import TUNE_MIN
 
     held = sum(is_held_out(q) for q, _ in rows())
     assert 0 < held < TUNE_MIN

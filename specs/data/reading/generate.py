@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from worlds import GENERIC, KINDS, Kind  # noqa: E402
 
-from components.prompting import ABSTAIN_PHRASE, with_context  # noqa: E402
+from components.models.prompting import ABSTAIN_PHRASE, with_context  # noqa: E402
 
 # The chunked trial set (`reader-chunks.jsonl`; tried as the builtin reader's data on 2026-12-01, docs/reading.md)
 CHUNKED_ROWS = 96
