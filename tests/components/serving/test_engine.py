@@ -14,8 +14,8 @@ from adaptflow.system import Prepared, PromptTooLong
 from components.serving.engine import QueueFull, RequestTimeout
 from components.serving.grammar import GrammarError, json_grammar
 from components.serving.sampling import SamplingParams
+from tests.adaptflow import test_system
 from tests.adaptflow.test_system import QUESTIONS
-from tests.components import test_system
 
 base, adapters, systems = test_system.base, test_system.adapters, test_system.systems  # module fixtures
 
