@@ -9,27 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from components.store.fileio import json_text, sha256_file, write_durable
-
-
-class RegistryError(Exception):
-    """A registry operation failed: unknown name/version/alias, bad input, a refused promotion."""
-
-
-class RegistryIntegrityError(RegistryError):
-    """A published version no longer matches its manifest (a file is missing, extra or modified)."""
-
-    def __init__(self, message: str, files: list[str] | None = None):
-        super().__init__(message)
-        self.files = files or []
-
+from components.store.fileio import (  # noqa: F401  (the integrity errors live in store/, re-exported here)
+    RegistryError,
+    RegistryIntegrityError,
+    dumps,
+    sha256_file,
+    walk_files,
+    write_durable,
+)
 
 MANIFEST = "manifest.json"
 # Keys the registry assigns at publish; a caller's manifest must not set them.
@@ -41,24 +34,6 @@ DIGEST_EXCLUDED = frozenset({*ASSIGNED_KEYS, "volatile"})
 VOLATILE_FILE = "volatile"  # what a file matched by `volatile_files` contributes to the digest
 
 
-def walk_files(root: Path) -> list[str]:
-    """Every file under `root` as sorted POSIX relative paths (empty folders are not content)."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise RegistryError(
-                    f"{os.path.join(dirpath, d)} is a symlink to a folder; the registry stores real "
-                    "files only, so copy that folder into the staging folder instead"
-                )
-        for f in filenames:
-            full = os.path.join(dirpath, f)
-            if not os.path.isfile(full):
-                raise RegistryError(f"{full} is a broken symlink or not a regular file; remove it or copy the real file in")
-            found.append(Path(full).relative_to(root).as_posix())
-    return sorted(found)
-
-
 def hash_tree(root: Path) -> dict[str, str]:
     return {rel: sha256_file(root / rel) for rel in walk_files(root)}
 
@@ -68,10 +43,6 @@ def copy_files(src: Path, dst: Path) -> None:
     for rel in walk_files(src):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dst / rel)
-
-
-def dumps(data: Any) -> str:
-    return json_text(data, ensure_ascii=False, allow_nan=False)
 
 
 def write_json_durable(path: Path, data: Any) -> None:

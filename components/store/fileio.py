@@ -27,7 +27,8 @@ Existing = Literal["replace", "keep", "error"]
 
 __all__ = ["CHUNK", "adaptflow_home", "atomic_write", "atomic_write_json", "atomic_write_text", "file_facts", "file_problem",
            "fsync_path", "fsync_tree", "json_text", "publish_verified_dir", "rename_into_place", "seal_dir", "sha256_file",
-           "stage_dir", "stat_stamp", "tree_files", "verify_dir", "write_durable"]
+           "stage_dir", "stat_stamp", "tree_files", "verify_dir", "write_durable",
+           "RegistryError", "RegistryIntegrityError", "walk_files", "dumps"]
 
 
 def adaptflow_home() -> Path:
@@ -219,3 +220,39 @@ def publish_verified_dir(final: Path, fill: Callable[[Path], object], marker: st
         raise
     seal_dir(tmp, final, marker, data, text=text, existing=existing)
     return data
+
+
+# The registry's integrity errors and file walk live here, on the floor, so that the object store (beside this
+# module) raises the same classes as the registry without importing it (components.registry.files re-exports them).
+class RegistryError(Exception):
+    """A registry operation failed: unknown name/version/alias, bad input, a refused promotion."""
+
+
+class RegistryIntegrityError(RegistryError):
+    """A published version no longer matches its manifest (a file is missing, extra or modified)."""
+
+    def __init__(self, message: str, files: list[str] | None = None):
+        super().__init__(message)
+        self.files = files or []
+
+
+def walk_files(root: Path) -> list[str]:
+    """Every file under `root` as sorted POSIX relative paths (empty folders are not content)."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise RegistryError(
+                    f"{os.path.join(dirpath, d)} is a symlink to a folder; the registry stores real "
+                    "files only, so copy that folder into the staging folder instead"
+                )
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            if not os.path.isfile(full):
+                raise RegistryError(f"{full} is a broken symlink or not a regular file; remove it or copy the real file in")
+            found.append(Path(full).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def dumps(data: Any) -> str:
+    return json_text(data, ensure_ascii=False, allow_nan=False)

@@ -24,8 +24,16 @@ from typing import Any
 
 import fsspec
 
-from components.registry.files import RegistryError, RegistryIntegrityError, dumps, walk_files
-from components.store.fileio import rename_into_place, seal_dir, sha256_file, stage_dir
+from components.store.fileio import (
+    RegistryError,
+    RegistryIntegrityError,
+    dumps,
+    rename_into_place,
+    seal_dir,
+    sha256_file,
+    stage_dir,
+    walk_files,
+)
 
 LEASE_S = 900.0  # a lock older than this is abandoned: its holder died (a live holder renews it)
 

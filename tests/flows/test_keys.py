@@ -19,7 +19,7 @@ def test_editing_a_prompt_template_or_a_nested_module_changes_the_stage_code_has
     before = package_version("components_copy")
     assert before == package_version(STAGE_CODE)  # same files, same hash, wherever the package lives
 
-    prompting = copy / "prompting.py"
+    prompting = copy / "models" / "prompting.py"
     prompting.write_text(prompting.read_text() + "\n# a changed template comment\n")
     after_template = package_version("components_copy")
     assert after_template != before
