@@ -1,7 +1,8 @@
-"""Bytes on disk for the registry (components.registry): errors, the manifest's JSON, the content digest.
+"""Bytes on disk for the registry (components.registry): the manifest's JSON and the content digest.
 
-Hashing, fsync and the temp-folder-then-rename recipe are components.store.fileio's, as for every other
-folder Adaptflow publishes; this module adds the registry's own rules (real files only, strict JSON).
+Hashing, fsync, the temp-folder-then-rename recipe, the real-files-only walk and the integrity errors are
+components.store.fileio's (re-exported here, so the object store beside it raises the same classes without importing
+the registry); this module adds the registry's own rules (strict JSON, the digest).
 """
 
 from __future__ import annotations
